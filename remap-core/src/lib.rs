@@ -1,0 +1,54 @@
+//! `remap-core`: the bad-block remapping engine.
+//!
+//! A [`RemapDevice`] sits on a failing *main* device and a healthy *spare* device. Every
+//! logical block reads and writes its own block on the main device until that block fails;
+//! then it moves to a block of the spare pool and stays there. This crate holds the engine:
+//!
+//! - [`table`]: the remap table (logical block → spare block, pending and retired flags);
+//! - [`spare`]: the spare pool allocator;
+//! - [`stats`] and [`health`]: counters, latency histogram and the health verdict;
+//! - [`record`]: the vocabulary of persistent changes the engine asks a store to make durable;
+//! - with `std`: [`backend`] (the [`BlockBackend`] seam and file/memory backends),
+//!   [`store`] (the persistence trait) and [`device`] (the remapping device);
+//! - with `testing`: faulty and crashing backends, an in-memory store and a reference model.
+//!
+//! Without the default `std` feature the crate is `no_std` + `alloc` and uses no floating
+//! point and no 128-bit division, so the kernel target can link the table, allocator,
+//! statistics and health.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod clock;
+pub mod geometry;
+pub mod health;
+pub mod record;
+pub mod spare;
+pub mod stats;
+pub mod table;
+
+#[cfg(feature = "std")]
+pub mod backend;
+#[cfg(feature = "std")]
+pub mod device;
+#[cfg(feature = "std")]
+pub mod store;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use clock::Clock;
+pub use geometry::{BlockSize, GeometryError};
+pub use health::{HealthReport, HealthState, HealthThresholds};
+pub use record::Record;
+pub use spare::{SpareAllocator, SpareError};
+pub use stats::{Stats, StatsSnapshot};
+pub use table::{Entry, EntryFlags, RemapTable, Segment, TableError};
+
+#[cfg(feature = "std")]
+pub use backend::{BlockBackend, FileBackend, IoError, IoOp, MemBackend};
+#[cfg(feature = "std")]
+pub use device::{DeviceConfig, DeviceError, RemapDevice};
+#[cfg(feature = "std")]
+pub use store::{MetaStore, StoreError};

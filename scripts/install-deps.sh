@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh Debian 12 machine, only where missing.
+# System packages come from Debian; cargo tools from crates.io. Idempotent.
+set -euo pipefail
+
+need_apt=()
+# command -> package. qemu-system-x86 comes first: installing it can replace a newer
+# qemu-utils with the version that matches it, so the qemu-utils check runs after it.
+check() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+
+apt_install() {
+  [ $# -gt 0 ] || return 0
+  echo "install-deps: apt-get install $*" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq || true
+  $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+check qemu-system-x86_64 qemu-system-x86
+check busybox busybox-static
+check dmsetup dmsetup
+check cpio cpio
+check xz xz-utils
+check pahole dwarves
+apt_install "${need_apt[@]}"
+
+need_apt=()
+check qemu-img qemu-utils
+check qemu-io qemu-utils
+check nbdinfo libnbd-bin
+check nbdcopy libnbd-bin
+check nbdsh python3-libnbd
+check nbdkit nbdkit
+check fio fio
+check promtool prometheus
+# nbdsh needs the Python module too (nbdsh is a script in libnbd-bin on some releases).
+if ! PATH=/usr/bin:$PATH /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1; then need_apt+=(python3-libnbd); fi
+# shellcheck disable=SC2207
+need_apt=($(printf '%s\n' "${need_apt[@]}" | sort -u))
+apt_install "${need_apt[@]}"
+
+# Fail loudly if anything is still missing: tests must not skip silently.
+missing=()
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio; do
+  command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: still missing after install: ${missing[*]}" >&2
+  exit 1
+fi
+
+# cargo-fuzz drives the fuzz smoke runs.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "install-deps: cargo install cargo-fuzz" >&2
+  cargo install --locked cargo-fuzz >/dev/null
+fi
