@@ -1,0 +1,271 @@
+//! Recovery: pick the newest valid superblock copy, load the checkpoint it points at, replay
+//! the journal's valid, contiguous tail after it. The first block that fails its checksum,
+//! belongs to another format (uuid), or breaks the sequence ends the replay; records of a
+//! commit whose end block was never written are dropped whole.
+//!
+//! Recovery only reads. It never writes, so a refused open leaves the device untouched.
+
+use alloc::vec::Vec;
+
+use remap_core::record::{self, ApplyError, Record};
+use remap_core::{RemapTable, SpareAllocator};
+
+use crate::checkpoint::{self, LoadError};
+use crate::counters::Counters;
+use crate::error::{FormatError, Region};
+use crate::journal::{Journal, JournalBlock, MAX_COMMIT_BLOCKS, RECORDS_PER_BLOCK};
+use crate::layout::{SUPERBLOCK_A, SUPERBLOCK_B};
+use crate::superblock::Superblock;
+use crate::{META_BLOCK, MetaIo};
+
+/// Why the journal replay stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "std", derive(serde::Serialize))]
+pub enum JournalStop {
+    /// Every block of the ring was replayed (the ring was full).
+    EndOfRing,
+    /// The next block is not a valid journal block (never written, torn, corrupt).
+    Invalid { position: u32, reason: String },
+    /// The next block belongs to an earlier format of this device.
+    ForeignUuid { position: u32 },
+    /// The next block continues a commit but was written by another one.
+    BrokenChain { position: u32 },
+    /// The next block is from an earlier lap of the ring.
+    SequenceGap {
+        position: u32,
+        expected: u64,
+        found: u64,
+    },
+}
+
+#[cfg(not(feature = "std"))]
+type String = alloc::string::String;
+
+/// What recovery saw, for `remap check` and `remap status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "std", derive(serde::Serialize))]
+pub struct RecoveryReport {
+    /// The copy recovery used.
+    pub superblock_used: Region,
+    /// Each copy's sequence, or why it was refused.
+    pub superblock_a: Result<u64, FormatError>,
+    pub superblock_b: Result<u64, FormatError>,
+    /// Whether both copies decode to the same contents.
+    pub superblocks_agree: bool,
+    pub checkpoint_sequence: u64,
+    pub checkpoint_entries: u64,
+    pub journal_blocks_replayed: u32,
+    pub records_replayed: u64,
+    /// Blocks of a commit whose end block is missing, dropped.
+    pub incomplete_commit_blocks: u32,
+    pub journal_stop: JournalStop,
+}
+
+/// The state of a spare device.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub superblock: Superblock,
+    pub table: RemapTable,
+    pub spares: SpareAllocator,
+    pub counters: Counters,
+    pub journal: Journal,
+    pub report: RecoveryReport,
+}
+
+/// Why a spare device could not be recovered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoverError<E: core::fmt::Debug + core::fmt::Display> {
+    #[error("reading {region} failed: {source}")]
+    Read { region: Region, source: E },
+    #[error("no valid superblock: copy A: {a}; copy B: {b}")]
+    NoSuperblock { a: FormatError, b: FormatError },
+    #[error("the spare device is {actual} bytes but was formatted with {formatted} bytes")]
+    SpareShrank { formatted: u64, actual: u64 },
+    #[error("checkpoint: {0}")]
+    Checkpoint(FormatError),
+    #[error("journal block {sequence} (ring position {position}) contradicts the table: {source}")]
+    Replay {
+        sequence: u64,
+        position: u32,
+        source: ApplyError,
+    },
+}
+
+impl<E: core::fmt::Debug + core::fmt::Display> From<LoadError<E>> for RecoverError<E> {
+    fn from(e: LoadError<E>) -> Self {
+        match e {
+            LoadError::Read { area, source, .. } => RecoverError::Read {
+                region: Region::Checkpoint(area),
+                source,
+            },
+            LoadError::Format(f) => RecoverError::Checkpoint(f),
+        }
+    }
+}
+
+/// Read both superblock copies: each decoded, or why not.
+pub fn read_superblocks<I: MetaIo>(
+    io: &mut I,
+) -> Result<[Result<Superblock, FormatError>; 2], RecoverError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    let mut out = [
+        Err(FormatError::BadMagic {
+            region: Region::SuperblockA,
+        }),
+        Err(FormatError::BadMagic {
+            region: Region::SuperblockB,
+        }),
+    ];
+    for (i, (offset, region)) in [
+        (SUPERBLOCK_A, Region::SuperblockA),
+        (SUPERBLOCK_B, Region::SuperblockB),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut block = [0u8; META_BLOCK];
+        io.read(offset, &mut block)
+            .map_err(|source| RecoverError::Read { region, source })?;
+        out[i] = Superblock::decode(&block, region);
+    }
+    Ok(out)
+}
+
+/// Pick the copy to trust: the valid one with the highest sequence (A on a tie).
+pub fn choose_superblock(
+    copies: &[Result<Superblock, FormatError>; 2],
+) -> Result<(Region, Superblock), (FormatError, FormatError)> {
+    match copies {
+        [Ok(a), Ok(b)] if b.sequence > a.sequence => Ok((Region::SuperblockB, *b)),
+        [Ok(a), _] => Ok((Region::SuperblockA, *a)),
+        [Err(_), Ok(b)] => Ok((Region::SuperblockB, *b)),
+        [Err(a), Err(b)] => Err((a.clone(), b.clone())),
+    }
+}
+
+/// Recover the state of the spare device behind `io`, whose current size is `device_size`.
+pub fn recover<I: MetaIo>(io: &mut I, device_size: u64) -> Result<Recovered, RecoverError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    let copies = read_superblocks(io)?;
+    let (used, sb) =
+        choose_superblock(&copies).map_err(|(a, b)| RecoverError::NoSuperblock { a, b })?;
+    // Before anything is sized from the superblock: the device must hold what it describes.
+    if device_size < sb.geometry.spare_size {
+        return Err(RecoverError::SpareShrank {
+            formatted: sb.geometry.spare_size,
+            actual: device_size,
+        });
+    }
+    let loaded = checkpoint::load(io, &sb)?;
+    let mut table = loaded.table;
+    let mut spares = loaded.spares;
+    let g = sb.geometry;
+    let blocks = g.main_blocks();
+    let ring = g.journal_blocks;
+
+    let mut position = sb.journal_start_position;
+    let mut sequence = sb.journal_start_sequence;
+    // Where the next commit goes: after the last complete commit.
+    let (mut head, mut next_sequence, mut live) = (position, sequence, 0u32);
+    let mut commit: Vec<Record> = Vec::new();
+    let mut commit_blocks = 0u32;
+    let mut prev_crc = 0u32;
+    let mut records_replayed = 0u64;
+    let mut stop = JournalStop::EndOfRing;
+    let mut block = alloc::vec![0u8; META_BLOCK];
+    for _ in 0..ring {
+        let region = Region::Journal(position);
+        io.read(g.journal_block_offset(position), &mut block)
+            .map_err(|source| RecoverError::Read { region, source })?;
+        let jb = match JournalBlock::decode(&block, region) {
+            Ok(jb) => jb,
+            Err(e) => {
+                stop = JournalStop::Invalid {
+                    position,
+                    reason: alloc::format!("{e}"),
+                };
+                break;
+            }
+        };
+        if jb.uuid != sb.uuid {
+            stop = JournalStop::ForeignUuid { position };
+            break;
+        }
+        if jb.sequence != sequence {
+            stop = JournalStop::SequenceGap {
+                position,
+                expected: sequence,
+                found: jb.sequence,
+            };
+            break;
+        }
+        if jb.prev_crc != prev_crc {
+            stop = JournalStop::BrokenChain { position };
+            break;
+        }
+        prev_crc = jb.crc;
+        commit_blocks += 1;
+        if commit_blocks > MAX_COMMIT_BLOCKS {
+            // No writer makes commits this long: the tail is not ours to trust.
+            stop = JournalStop::Invalid {
+                position,
+                reason: alloc::format!("commit longer than {MAX_COMMIT_BLOCKS} blocks"),
+            };
+            break;
+        }
+        commit.extend_from_slice(&jb.records);
+        position = (position + 1) % ring;
+        sequence += 1;
+        if jb.commit_end {
+            for rec in &commit {
+                record::apply(&mut table, &mut spares, blocks, rec).map_err(|source| {
+                    RecoverError::Replay {
+                        sequence: jb.sequence,
+                        position: region_position(region),
+                        source,
+                    }
+                })?;
+            }
+            records_replayed += commit.len() as u64;
+            commit.clear();
+            live += commit_blocks;
+            commit_blocks = 0;
+            prev_crc = 0;
+            head = position;
+            next_sequence = sequence;
+        }
+    }
+    debug_assert!(commit.len() <= MAX_COMMIT_BLOCKS as usize * RECORDS_PER_BLOCK);
+    let report = RecoveryReport {
+        superblock_used: used,
+        superblock_a: copies[0].as_ref().map(|s| s.sequence).map_err(Clone::clone),
+        superblock_b: copies[1].as_ref().map(|s| s.sequence).map_err(Clone::clone),
+        superblocks_agree: matches!(&copies, [Ok(a), Ok(b)] if a == b),
+        checkpoint_sequence: loaded.header.sequence,
+        checkpoint_entries: loaded.header.entry_count,
+        journal_blocks_replayed: live,
+        records_replayed,
+        incomplete_commit_blocks: commit_blocks,
+        journal_stop: stop,
+    };
+    Ok(Recovered {
+        superblock: sb,
+        table,
+        spares,
+        counters: loaded.header.counters,
+        journal: Journal::new(sb, next_sequence, head, live),
+        report,
+    })
+}
+
+fn region_position(r: Region) -> u32 {
+    match r {
+        Region::Journal(p) => p,
+        _ => 0,
+    }
+}
