@@ -16,7 +16,7 @@ pub mod crash;
 #[cfg(feature = "testing")]
 pub mod faulty;
 
-pub use file::{FileBackend, OpenOptions};
+pub use file::{FileBackend, OpenError, OpenOptions};
 pub use mem::MemBackend;
 
 /// Largest run of zeroes the default [`BlockBackend::write_zeroes`] writes per call.
