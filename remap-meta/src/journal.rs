@@ -348,6 +348,9 @@ impl Journal {
             .ok()
             .filter(|&n| n <= MAX_COMMIT_BLOCKS && self.live.saturating_add(n) <= ring);
         let Some(n) = fits else {
+            // The commit still takes a sequence number, so the sequence counts commits
+            // whichever way they are written.
+            self.next_sequence += 1;
             self.checkpoint(io, view)?;
             return Ok(CommitOutcome::Checkpointed);
         };
