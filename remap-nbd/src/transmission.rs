@@ -1,0 +1,745 @@
+//! The transmission phase: requests in, replies out, many in flight, replies in any order.
+//!
+//! # Threads
+//!
+//! Each connection has a small pool of worker threads (at most
+//! [`Limits::workers`], started on demand) working leader/follower style: a worker takes
+//! the read lock, reads one request (and a write's payload), lets go of the lock, executes
+//! the request against the backend and sends the reply under the write lock. No request is
+//! handed from thread to thread, so a request at queue depth 1 costs one wake-up, and a
+//! reply leaves in one `write` (header and data share one buffer). While one worker
+//! executes, the next reads; replies go out in completion order, tagged with the client's
+//! cookie.
+//!
+//! # Bounds
+//!
+//! - In-flight requests per connection: the number of workers.
+//! - In-flight payload bytes per connection: [`Limits::max_inflight_bytes`] (a worker waits
+//!   for room before it reads a write's payload or reads data for a read).
+//! - One request's payload: [`Limits::max_request`]; a larger read or write gets
+//!   `NBD_EOVERFLOW` (a write's payload is read and dropped in small pieces to keep the stream
+//!   in step), never an allocation.
+//! - Block status replies: at most [`MAX_EXTENTS`] extents per context.
+//!
+//! # Errors
+//!
+//! A bad request (unknown command or flags, out of range, too large, forbidden on a
+//! read-only export, failed by the backend) gets an error reply and the connection goes on.
+//! Only a malformed frame (bad request magic), a broken socket, or the client's
+//! `NBD_CMD_DISC` end the connection, and then only after the requests already read have
+//! been answered.
+
+use std::borrow::Cow;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+use remap_core::IoError;
+
+use crate::block_status::{Extent, MetaContext};
+use crate::error::TransmissionError;
+use crate::export::Export;
+use crate::handshake::Negotiated;
+use crate::proto::{
+    Command, OFFSET_DATA_HEADER_LEN, REQUEST_HEADER_LEN, RequestHeader, SIMPLE_REPLY_LEN, chunk,
+    chunk_header, command_flags as cf, nbd_error, nbd_error_from_errno, offset_data_header,
+    put_error_chunk, simple_reply, transmission_flags as tf,
+};
+use crate::socket::{Socket, SocketReader};
+
+/// Where data starts in a worker's buffer: room in front for the largest reply header, so
+/// a read reply is one contiguous write.
+const DATA_AT: usize = OFFSET_DATA_HEADER_LEN;
+/// The most extents sent for one context in one block status reply.
+pub const MAX_EXTENTS: usize = 64 * 1024;
+/// `NBD_CMD_CACHE` reads ahead in pieces of this size.
+const CACHE_PIECE: u64 = 1 << 20;
+/// A worker keeps a data buffer up to this size between requests; larger ones are freed.
+const KEEP_BUFFER: usize = DATA_AT + (2 << 20);
+
+/// The bounds of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub max_request: u32,
+    pub workers: usize,
+    pub max_inflight_bytes: u64,
+}
+
+/// What one connection did, for its closing log line and the server's totals.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub requests: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Why a connection's transmission phase ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The client sent `NBD_CMD_DISC`.
+    Disconnect,
+    /// The client closed the socket between requests.
+    ClientClosed,
+    /// The server is shutting down.
+    Shutdown,
+    Failed(TransmissionError),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Disconnect => f.write_str("client disconnected (NBD_CMD_DISC)"),
+            End::ClientClosed => f.write_str("client closed the connection"),
+            End::Shutdown => f.write_str("server shutdown"),
+            End::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A refusal: the NBD error and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rejection {
+    error: u32,
+    message: Cow<'static, str>,
+}
+
+fn reject(error: u32, message: impl Into<Cow<'static, str>>) -> Rejection {
+    Rejection {
+        error,
+        message: message.into(),
+    }
+}
+
+impl From<IoError> for Rejection {
+    fn from(e: IoError) -> Self {
+        reject(nbd_error_from_errno(e.errno()), e.to_string())
+    }
+}
+
+/// Payload bytes in flight on a connection, bounded.
+#[derive(Debug)]
+struct ByteBudget {
+    used: Mutex<u64>,
+    freed: Condvar,
+    limit: u64,
+}
+
+/// Room taken from a [`ByteBudget`], given back on drop.
+struct Reservation<'a> {
+    budget: &'a ByteBudget,
+    bytes: u64,
+}
+
+impl ByteBudget {
+    /// Take `bytes`, waiting until they fit. A request alone is always let through, so one
+    /// larger than the limit cannot wait forever.
+    fn reserve(&self, bytes: u64) -> Reservation<'_> {
+        let mut used = self.used.lock();
+        while *used > 0 && used.saturating_add(bytes) > self.limit {
+            self.freed.wait(&mut used);
+        }
+        *used += bytes;
+        Reservation {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        *self.budget.used.lock() -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
+
+/// A worker's reusable buffers: no allocation per request in the steady state.
+#[derive(Default)]
+struct Buffers {
+    /// `[reply header room | payload]`.
+    data: Vec<u8>,
+    /// Small replies (errors, block status).
+    small: Vec<u8>,
+}
+
+impl Buffers {
+    fn payload(&mut self, len: usize) -> &mut [u8] {
+        self.data.resize(DATA_AT + len, 0);
+        &mut self.data[DATA_AT..]
+    }
+
+    fn trim(&mut self) {
+        if self.data.capacity() > KEEP_BUFFER {
+            self.data = Vec::new();
+        }
+        if self.small.capacity() > 64 * 1024 {
+            self.small = Vec::new();
+        }
+    }
+}
+
+/// One request read off the wire, checked, with its payload (if a write) in the worker's
+/// buffer.
+struct Job<'a> {
+    request: RequestHeader,
+    checked: Result<Command, Rejection>,
+    _reservation: Option<Reservation<'a>>,
+}
+
+/// What executing a request produced.
+enum Outcome {
+    /// Success without data.
+    Done,
+    /// Success; this many bytes of data sit in the worker's buffer at `DATA_AT`.
+    Data(usize),
+    /// Success; the complete structured reply sits in the worker's small buffer.
+    Status,
+    Failed(Rejection),
+}
+
+/// One client connection in the transmission phase.
+pub(crate) struct Connection {
+    export: Arc<Export>,
+    session: Negotiated,
+    limits: Limits,
+    socket: Arc<Socket>,
+    reader: Mutex<BufReader<SocketReader>>,
+    /// Serializes replies so that they never interleave on the wire.
+    writer: Mutex<()>,
+    closing: AtomicBool,
+    /// The server is stopping: an end of input is then a shutdown, not the client leaving.
+    server_stopping: Arc<AtomicBool>,
+    /// Workers waiting for the read lock.
+    waiting: AtomicUsize,
+    workers: AtomicUsize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    budget: ByteBudget,
+    pub counters: Counters,
+    end: Mutex<Option<End>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.session)
+            .field("limits", &self.limits)
+            .field("workers", &self.workers.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub fn new(
+        export: Arc<Export>,
+        session: Negotiated,
+        limits: Limits,
+        socket: Arc<Socket>,
+        reader: BufReader<SocketReader>,
+        server_stopping: Arc<AtomicBool>,
+    ) -> Self {
+        Connection {
+            export,
+            session,
+            limits,
+            socket,
+            reader: Mutex::new(reader),
+            writer: Mutex::new(()),
+            closing: AtomicBool::new(false),
+            server_stopping,
+            waiting: AtomicUsize::new(0),
+            workers: AtomicUsize::new(1),
+            handles: Mutex::new(Vec::new()),
+            budget: ByteBudget {
+                used: Mutex::new(0),
+                freed: Condvar::new(),
+                limit: limits.max_inflight_bytes,
+            },
+            counters: Counters::default(),
+            end: Mutex::new(None),
+        }
+    }
+
+    /// Serve requests until the connection ends; the calling thread is the first worker.
+    /// Returns once every request read has been answered (or the socket broke) and every
+    /// worker has stopped.
+    pub fn serve(self: &Arc<Self>) -> End {
+        self.work();
+        self.closing.store(true, Ordering::SeqCst);
+        // Nobody reads any more: wake a worker blocked in `read` (if the connection ended
+        // for another reason than its input), then wait for any worker being started.
+        self.socket.shutdown(Shutdown::Read);
+        drop(self.reader.lock());
+        loop {
+            let next = self.handles.lock().pop();
+            match next {
+                Some(h) => {
+                    if h.join().is_err() {
+                        tracing::error!("an NBD worker thread panicked");
+                    }
+                }
+                None => break,
+            }
+        }
+        self.socket.shutdown(Shutdown::Both);
+        let end = self.end.lock().take().unwrap_or(End::ClientClosed);
+        match end {
+            End::ClientClosed | End::Failed(TransmissionError::ReadRequest(_))
+                if self.server_stopping.load(Ordering::SeqCst) =>
+            {
+                End::Shutdown
+            }
+            end => end,
+        }
+    }
+
+    /// Record why the connection ends (the first reason wins) and stop reading.
+    fn finish(&self, end: End) {
+        self.closing.store(true, Ordering::SeqCst);
+        let mut slot = self.end.lock();
+        if slot.is_none() {
+            *slot = Some(end);
+        }
+    }
+
+    fn work(self: &Arc<Self>) {
+        let mut buffers = Buffers::default();
+        while let Some(job) = self.next_request(&mut buffers) {
+            if let Err(e) = self.execute(job, &mut buffers) {
+                self.finish(End::Failed(e));
+                // Replies can no longer be delivered: stop everything.
+                self.socket.shutdown(Shutdown::Both);
+                break;
+            }
+            buffers.trim();
+        }
+    }
+
+    /// Start one more worker if nobody is waiting to read and the limit allows. Called with
+    /// the read lock held, so two workers never race to start a third.
+    fn maybe_spawn(self: &Arc<Self>) {
+        if self.waiting.load(Ordering::SeqCst) > 0
+            || self.workers.load(Ordering::SeqCst) >= self.limits.workers
+            || self.closing.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        let me = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name("nbd-worker".into())
+            .spawn(move || me.work())
+        {
+            Ok(h) => self.handles.lock().push(h),
+            Err(e) => {
+                self.workers.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(error = %e, "cannot start another NBD worker; going on with fewer");
+            }
+        }
+    }
+
+    /// Read the next request. `None` when the connection is ending.
+    fn next_request(self: &Arc<Self>, buffers: &mut Buffers) -> Option<Job<'_>> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut input = self.reader.lock();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if self.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        // Tell "the client left between requests" from "the client broke off a request".
+        loop {
+            match input.fill_buf() {
+                Ok([]) => {
+                    self.finish(End::ClientClosed);
+                    return None;
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.finish(End::Failed(TransmissionError::ReadRequest(e)));
+                    return None;
+                }
+            }
+        }
+        let mut head = [0u8; REQUEST_HEADER_LEN];
+        if let Err(e) = input.read_exact(&mut head) {
+            self.finish(End::Failed(TransmissionError::ReadRequest(e)));
+            return None;
+        }
+        let request = match RequestHeader::decode(&head) {
+            Ok(r) => r,
+            Err(e) => {
+                self.finish(End::Failed(TransmissionError::DecodeRequest(e)));
+                return None;
+            }
+        };
+        let checked = self.check(&request);
+        let mut reservation = None;
+        // A write's payload follows its header whether or not the write is acceptable.
+        if request.command == Command::Write.code() {
+            let read = if matches!(checked, Ok(Command::Write)) {
+                reservation = Some(self.budget.reserve(request.len.into()));
+                input.read_exact(buffers.payload(request.len as usize))
+            } else {
+                discard(&mut *input, request.len.into())
+            };
+            if let Err(source) = read {
+                self.finish(End::Failed(TransmissionError::ReadPayload {
+                    offset: request.offset,
+                    len: request.len,
+                    source,
+                }));
+                return None;
+            }
+        }
+        if matches!(checked, Ok(Command::Disconnect)) {
+            self.finish(End::Disconnect);
+            return None;
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.maybe_spawn();
+        drop(input);
+        Some(Job {
+            request,
+            checked,
+            _reservation: reservation,
+        })
+    }
+
+    /// Decide whether a request is acceptable, and if not, which error it gets.
+    fn check(&self, r: &RequestHeader) -> Result<Command, Rejection> {
+        let export = &*self.export;
+        let Some(command) = Command::from_code(r.command) else {
+            return Err(reject(
+                nbd_error::EINVAL,
+                format!("unknown command {}", r.command),
+            ));
+        };
+        let mut allowed = command.allowed_flags();
+        if self.session.flags & tf::SEND_DF == 0 {
+            allowed &= !cf::DF;
+        }
+        if self.session.flags & tf::SEND_FAST_ZERO == 0 {
+            allowed &= !cf::FAST_ZERO;
+        }
+        if r.flags & !allowed != 0 {
+            return Err(reject(
+                nbd_error::EINVAL,
+                format!("command flags {:#x} are not valid for {command:?}", r.flags),
+            ));
+        }
+        let len = u64::from(r.len);
+        let in_range = r
+            .offset
+            .checked_add(len)
+            .is_some_and(|end| end <= export.size);
+        let out_of_range = || {
+            format!(
+                "{command:?} of {len} bytes at offset {} reaches past the end of the export ({} bytes)",
+                r.offset, export.size
+            )
+        };
+        let too_large = || {
+            format!(
+                "{command:?} of {len} bytes is above the maximum request size of {} bytes",
+                self.limits.max_request
+            )
+        };
+        const READ_ONLY: &str = "the export is read-only";
+        match command {
+            Command::Read => {
+                if r.len > self.limits.max_request {
+                    return Err(reject(nbd_error::EOVERFLOW, too_large()));
+                }
+                if !in_range {
+                    return Err(reject(nbd_error::EINVAL, out_of_range()));
+                }
+            }
+            Command::Write => {
+                if export.read_only {
+                    return Err(reject(nbd_error::EPERM, READ_ONLY));
+                }
+                if r.len > self.limits.max_request {
+                    return Err(reject(nbd_error::EOVERFLOW, too_large()));
+                }
+                if !in_range {
+                    return Err(reject(nbd_error::ENOSPC, out_of_range()));
+                }
+            }
+            Command::WriteZeroes => {
+                if export.read_only {
+                    return Err(reject(nbd_error::EPERM, READ_ONLY));
+                }
+                if !in_range {
+                    return Err(reject(nbd_error::ENOSPC, out_of_range()));
+                }
+            }
+            Command::Trim => {
+                if export.read_only {
+                    return Err(reject(nbd_error::EPERM, READ_ONLY));
+                }
+                if self.session.flags & tf::SEND_TRIM == 0 {
+                    return Err(reject(
+                        nbd_error::EINVAL,
+                        "trim is not supported by this export",
+                    ));
+                }
+                if !in_range {
+                    return Err(reject(nbd_error::EINVAL, out_of_range()));
+                }
+            }
+            Command::Cache => {
+                if !in_range {
+                    return Err(reject(nbd_error::EINVAL, out_of_range()));
+                }
+            }
+            Command::BlockStatus => {
+                if !self.session.structured || self.session.contexts.is_empty() {
+                    return Err(reject(
+                        nbd_error::EINVAL,
+                        "no metadata context was selected (NBD_OPT_SET_META_CONTEXT)",
+                    ));
+                }
+                if len == 0 {
+                    return Err(reject(nbd_error::EINVAL, "block status of zero bytes"));
+                }
+                if !in_range {
+                    return Err(reject(nbd_error::EINVAL, out_of_range()));
+                }
+            }
+            Command::Flush => {
+                if r.offset != 0 || r.len != 0 {
+                    return Err(reject(
+                        nbd_error::EINVAL,
+                        "flush takes no offset and no length",
+                    ));
+                }
+            }
+            Command::Disconnect => {}
+        }
+        Ok(command)
+    }
+
+    fn execute(&self, job: Job<'_>, buffers: &mut Buffers) -> Result<(), TransmissionError> {
+        let request = job.request;
+        let outcome = match job.checked {
+            Err(rejection) => Outcome::Failed(rejection),
+            Ok(command) => self.run(command, &request, buffers),
+        };
+        self.reply(&request, outcome, buffers)
+    }
+
+    fn run(&self, command: Command, r: &RequestHeader, buffers: &mut Buffers) -> Outcome {
+        let backend = &*self.export.backend;
+        let fua = r.flags & cf::FUA != 0;
+        let len = u64::from(r.len);
+        let done = |result: Result<(), IoError>| match result {
+            Ok(()) => Outcome::Done,
+            Err(e) => {
+                tracing::debug!(error = %e, ?command, offset = r.offset, len, "request failed");
+                Outcome::Failed(e.into())
+            }
+        };
+        let flush_if = |fua: bool| if fua { backend.flush() } else { Ok(()) };
+        match command {
+            Command::Read => {
+                if len == 0 {
+                    return Outcome::Done;
+                }
+                let _room = self.budget.reserve(len);
+                match backend.read_at(r.offset, buffers.payload(len as usize)) {
+                    Ok(()) => {
+                        self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
+                        Outcome::Data(len as usize)
+                    }
+                    Err(e) => done(Err(e)),
+                }
+            }
+            Command::Write => {
+                let data = &buffers.data[DATA_AT..DATA_AT + len as usize];
+                let result = if fua {
+                    backend.write_at_fua(r.offset, data)
+                } else {
+                    backend.write_at(r.offset, data)
+                };
+                if result.is_ok() {
+                    self.counters
+                        .bytes_written
+                        .fetch_add(len, Ordering::Relaxed);
+                }
+                done(result)
+            }
+            Command::Flush => {
+                if self.export.read_only {
+                    // Nothing was written through this export.
+                    Outcome::Done
+                } else {
+                    done(backend.flush())
+                }
+            }
+            Command::Trim => done(backend.trim(r.offset, len).and_then(|()| flush_if(fua))),
+            Command::WriteZeroes => {
+                if r.flags & cf::FAST_ZERO != 0 && !backend.supports_write_zeroes() {
+                    return Outcome::Failed(reject(
+                        nbd_error::ENOTSUP,
+                        "this export has no fast way to write zeroes",
+                    ));
+                }
+                // The backends never deallocate on write-zeroes, so NO_HOLE holds either way.
+                done(
+                    backend
+                        .write_zeroes(r.offset, len)
+                        .and_then(|()| flush_if(fua)),
+                )
+            }
+            Command::Cache => {
+                // Read ahead (and let a failing block show itself now, not later).
+                let piece = len.min(CACHE_PIECE);
+                let _room = self.budget.reserve(piece);
+                let mut at = 0;
+                while at < len {
+                    let step = (len - at).min(piece);
+                    if let Err(e) = backend.read_at(r.offset + at, buffers.payload(step as usize)) {
+                        return done(Err(e));
+                    }
+                    at += step;
+                }
+                Outcome::Done
+            }
+            Command::BlockStatus => self.block_status(r, &mut buffers.small),
+            // Handled when it was read; never executed.
+            Command::Disconnect => Outcome::Done,
+        }
+    }
+
+    /// Build the block status reply (one chunk per selected context) in `out`.
+    fn block_status(&self, r: &RequestHeader, out: &mut Vec<u8>) -> Outcome {
+        out.clear();
+        // `check` made sure 0 < len and offset + len <= size.
+        let span = u64::from(r.len).min(self.export.size - r.offset);
+        let req_one = r.flags & cf::REQ_ONE != 0;
+        let contexts = &self.session.contexts;
+        for (i, context) in contexts.iter().enumerate() {
+            let mut extents = match (context, &self.export.state) {
+                (MetaContext::RemapState, Some(source)) => {
+                    source.states(r.offset, span, if req_one { 1 } else { MAX_EXTENTS })
+                }
+                _ => Vec::new(),
+            };
+            // Keep what a source returns honest: nonzero lengths, inside the request, at
+            // least one extent (allocated data, the safe answer, if it gave none).
+            let mut covered = 0u64;
+            extents.retain_mut(|e| {
+                e.len = e.len.min(span - covered);
+                covered += e.len;
+                e.len > 0
+            });
+            if extents.is_empty() {
+                extents.push(Extent {
+                    len: span,
+                    flags: 0,
+                });
+            }
+            extents.truncate(if req_one { 1 } else { MAX_EXTENTS });
+            let payload_len = 4 + 8 * extents.len() as u32;
+            let flags = if i + 1 == contexts.len() {
+                chunk::FLAG_DONE
+            } else {
+                0
+            };
+            out.extend_from_slice(&chunk_header(
+                flags,
+                chunk::BLOCK_STATUS,
+                r.cookie,
+                payload_len,
+            ));
+            out.extend_from_slice(&context.id().to_be_bytes());
+            for e in &extents {
+                // Every extent lies inside the request, whose length is a u32.
+                out.extend_from_slice(&(e.len as u32).to_be_bytes());
+                out.extend_from_slice(&e.flags.to_be_bytes());
+            }
+        }
+        Outcome::Status
+    }
+
+    /// Send the reply for `r`: one contiguous write under the write lock.
+    fn reply(
+        &self,
+        r: &RequestHeader,
+        outcome: Outcome,
+        buffers: &mut Buffers,
+    ) -> Result<(), TransmissionError> {
+        let structured = self.session.structured;
+        let is_read = r.command == Command::Read.code();
+        let bytes: &[u8] = match outcome {
+            Outcome::Data(n) => {
+                if structured {
+                    let mut head = [0u8; OFFSET_DATA_HEADER_LEN];
+                    offset_data_header(&mut head, r.cookie, r.offset, n as u32);
+                    buffers.data[..DATA_AT].copy_from_slice(&head);
+                    &buffers.data[..DATA_AT + n]
+                } else {
+                    let at = DATA_AT - SIMPLE_REPLY_LEN;
+                    buffers.data[at..DATA_AT].copy_from_slice(&simple_reply(0, r.cookie));
+                    &buffers.data[at..DATA_AT + n]
+                }
+            }
+            Outcome::Status => &buffers.small,
+            Outcome::Done if structured && is_read => {
+                // A zero-length read: a read must not get a simple reply once structured
+                // replies are on.
+                buffers.small.clear();
+                buffers.small.extend_from_slice(&chunk_header(
+                    chunk::FLAG_DONE,
+                    chunk::NONE,
+                    r.cookie,
+                    0,
+                ));
+                &buffers.small
+            }
+            Outcome::Done => {
+                buffers.small.clear();
+                buffers.small.extend_from_slice(&simple_reply(0, r.cookie));
+                &buffers.small
+            }
+            Outcome::Failed(rejection) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                buffers.small.clear();
+                if structured {
+                    put_error_chunk(
+                        &mut buffers.small,
+                        r.cookie,
+                        rejection.error,
+                        &rejection.message,
+                    );
+                } else {
+                    buffers
+                        .small
+                        .extend_from_slice(&simple_reply(rejection.error, r.cookie));
+                }
+                &buffers.small
+            }
+        };
+        let _turn = self.writer.lock();
+        (&*self.socket)
+            .write_all(bytes)
+            .map_err(|source| TransmissionError::SendReply {
+                cookie: r.cookie,
+                source,
+            })
+    }
+}
+
+/// Read and drop `len` bytes, in small pieces.
+fn discard<R: Read>(input: &mut R, len: u64) -> io::Result<()> {
+    let copied = io::copy(&mut input.take(len), &mut io::sink())?;
+    if copied == len {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    }
+}
