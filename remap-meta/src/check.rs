@@ -25,11 +25,13 @@ pub struct CopyState {
     pub outdated: bool,
 }
 
-/// Census of the journal ring.
+/// Census of the journal ring (both copies).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct JournalCensus {
     /// Blocks recovery replays (the live tail).
     pub live: u32,
+    /// Live blocks whose first copy is bad (the second copy was used).
+    pub mirror_used: u32,
     /// Valid blocks of this device from before the last checkpoint.
     pub stale: u32,
     /// Blocks that are not valid journal blocks (never written, torn or corrupt).
@@ -130,6 +132,13 @@ pub fn check<S: BlockBackend + ?Sized>(spare: &S) -> Result<CheckReport, MetaErr
                 .map_err(|e| e.to_string());
         }
         journal = census(&mut io, &sb, recovery.as_ref().ok())?;
+        if let Ok(rec) = &recovery {
+            for (position, bad_copy) in mirror_damage(&mut io, &sb, rec)? {
+                repairable.push(format!(
+                    "copy {bad_copy} of live journal block {position} is bad (the other copy is good)"
+                ));
+            }
+        }
     }
     Ok(CheckReport {
         superblocks,
@@ -148,19 +157,53 @@ fn census<S: BlockBackend + ?Sized>(
 ) -> Result<JournalCensus, MetaError> {
     let mut c = JournalCensus {
         live: rec.map_or(0, |r| r.journal_blocks_replayed),
+        mirror_used: rec.map_or(0, |r| r.journal_mirror_used),
         ..Default::default()
     };
     let mut block = [0u8; META_BLOCK];
-    for position in 0..sb.geometry.journal_blocks {
-        io.read(sb.geometry.journal_block_offset(position), &mut block)?;
-        match JournalBlock::decode(&block, Region::Journal(position)) {
-            Ok(jb) if jb.uuid != sb.uuid => c.foreign += 1,
-            Ok(jb) if jb.sequence < sb.journal_start_sequence => c.stale += 1,
-            Ok(_) => {}
-            Err(_) => c.invalid += 1,
+    for copy in 0..2 {
+        for position in 0..sb.geometry.journal_blocks {
+            io.read(sb.geometry.journal_block_offset(copy, position), &mut block)?;
+            match JournalBlock::decode(&block, Region::Journal(position)) {
+                Ok(jb) if jb.uuid != sb.uuid => c.foreign += 1,
+                Ok(jb) if jb.sequence < sb.journal_start_sequence => c.stale += 1,
+                Ok(_) => {}
+                Err(_) => c.invalid += 1,
+            }
         }
     }
     Ok(c)
+}
+
+/// Live journal blocks with one bad copy: (ring position, bad copy).
+fn mirror_damage<S: BlockBackend + ?Sized>(
+    io: &mut BackendIo<'_, S>,
+    sb: &Superblock,
+    rec: &RecoveryReport,
+) -> Result<Vec<(u32, u8)>, MetaError> {
+    let ring = sb.geometry.journal_blocks;
+    let mut out = Vec::new();
+    let (mut a, mut b) = ([0u8; META_BLOCK], [0u8; META_BLOCK]);
+    for i in 0..rec.journal_blocks_replayed {
+        let position = (sb.journal_start_position + i) % ring;
+        io.read(sb.geometry.journal_block_offset(0, position), &mut a)?;
+        io.read(sb.geometry.journal_block_offset(1, position), &mut b)?;
+        if a == b {
+            continue;
+        }
+        let region = Region::Journal(position);
+        let ok = |bytes: &[u8]| {
+            JournalBlock::decode(bytes, region).is_ok_and(|j| {
+                j.uuid == sb.uuid && j.sequence == sb.journal_start_sequence + u64::from(i)
+            })
+        };
+        match (ok(&a), ok(&b)) {
+            (true, false) => out.push((position, 1)),
+            (false, true) => out.push((position, 0)),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// What `repair` did.
@@ -171,7 +214,8 @@ pub struct RepairReport {
     pub after: CheckReport,
 }
 
-/// Rewrite bad or outdated superblock copies from the copy recovery uses, then check again.
+/// Rewrite bad or outdated superblock copies from the copy recovery uses, and bad copies of
+/// live journal blocks from their good twin, then check again.
 /// Refuses (changing nothing) when the state itself cannot be recovered.
 pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaError> {
     let before = check(spare)?;
@@ -195,6 +239,20 @@ pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaE
             if c.as_ref().ok() != Some(&good) {
                 rewritten.push(region);
             }
+        }
+    }
+    if let Ok(rec) = &before.recovery {
+        let sb = good;
+        for (position, bad_copy) in mirror_damage(&mut io, &sb, rec)? {
+            let mut block = [0u8; META_BLOCK];
+            let good_copy = 1 - bad_copy;
+            io.read(
+                sb.geometry.journal_block_offset(good_copy, position),
+                &mut block,
+            )?;
+            io.write(sb.geometry.journal_block_offset(bad_copy, position), &block)?;
+            io.flush()?;
+            rewritten.push(Region::Journal(position));
         }
     }
     let after = check(spare)?;

@@ -128,7 +128,8 @@ pub fn create<S: BlockBackend + ?Sized>(
     // to anyone reading the device.
     let zero = [0u8; META_BLOCK];
     io.write(geometry.checkpoint_offsets[1], &zero)?;
-    io.write(geometry.journal_block_offset(0), &zero)?;
+    io.write(geometry.journal_block_offset(0, 0), &zero)?;
+    io.write(geometry.journal_block_offset(1, 0), &zero)?;
     checkpoint::write(&mut io, &sb, 0, 1, 1, &view).map_err(MetaError::from_commit)?;
     io.flush()?;
     write_superblocks(&mut io, &sb).map_err(MetaError::from_commit)?;

@@ -2,7 +2,7 @@
 //! metadata write (journal appends, checkpoints, superblock updates) over [`MetaIo`].
 //!
 //! A commit writes its records into one block (or, past 126 records, a few consecutive
-//! blocks, the last flagged `COMMIT_END`) and flushes. Replay applies a commit only when its
+//! blocks, the last flagged `COMMIT_END`), twice (the ring has two copies), and flushes. Replay applies a commit only when its
 //! end block is read, so a torn multi-block commit is dropped whole. When the ring has no room
 //! for a commit, the state (which already includes the commit's records) is checkpointed
 //! instead, and the ring restarts after it.
@@ -382,9 +382,11 @@ impl Journal {
                 Region::Journal(position),
             )?;
             prev_crc = Reader(&block).u32(CRC_AT);
-            let offset = self.sb.geometry.journal_block_offset(position);
-            io.write(offset, &block)
-                .map_err(|source| CommitError::Write { offset, source })?;
+            for copy in 0..2 {
+                let offset = self.sb.geometry.journal_block_offset(copy, position);
+                io.write(offset, &block)
+                    .map_err(|source| CommitError::Write { offset, source })?;
+            }
         }
         io.flush().map_err(CommitError::Flush)?;
         self.head = (self.head + n) % ring;

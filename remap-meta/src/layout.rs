@@ -3,7 +3,8 @@
 //! ```text
 //! 0        superblock A            4 KiB
 //! 4096     superblock B            4 KiB
-//! 8192     journal ring            journal_blocks × 4 KiB
+//! 8192     journal ring, copy 0    journal_blocks × 4 KiB
+//!          journal ring, copy 1    journal_blocks × 4 KiB (the same blocks again)
 //!          checkpoint area 0       4 KiB header + entries + retired list, 4 KiB aligned
 //!          checkpoint area 1       same size
 //!          (padding to the pool alignment: max(block size, 4 KiB))
@@ -115,7 +116,7 @@ impl Geometry {
         let build = |pool: u64| -> Option<Geometry> {
             let capacity = Self::capacity_for(pool);
             let area = Self::area_bytes_for(capacity, pool)?;
-            let ck0 = JOURNAL_OFFSET.checked_add(u64::from(journal_blocks) * META)?;
+            let ck0 = JOURNAL_OFFSET.checked_add(2 * u64::from(journal_blocks) * META)?;
             let ck1 = ck0.checked_add(area)?;
             let meta_end = ck1.checked_add(area)?;
             let pool_offset = align_up(meta_end, block_size.bytes_u64().max(META))?;
@@ -170,9 +171,12 @@ impl Geometry {
         }
     }
 
-    /// Byte offset of journal block `position`.
-    pub fn journal_block_offset(&self, position: u32) -> u64 {
-        JOURNAL_OFFSET + u64::from(position) * META
+    /// Byte offset of copy `copy` (0 or 1) of journal block `position`. Every journal
+    /// block is written twice, so one corrupt copy never truncates the log.
+    pub fn journal_block_offset(&self, copy: u8, position: u32) -> u64 {
+        JOURNAL_OFFSET
+            + u64::from(copy & 1) * u64::from(self.journal_blocks) * META
+            + u64::from(position) * META
     }
 
     /// Logical blocks of the main device (the last may be partial).
@@ -196,7 +200,7 @@ impl Geometry {
         if self.table_capacity < self.pool_blocks || self.table_capacity > MAX_TABLE_CAPACITY {
             return bad("table capacity out of range");
         }
-        let journal_end = JOURNAL_OFFSET + u64::from(self.journal_blocks) * META;
+        let journal_end = JOURNAL_OFFSET + 2 * u64::from(self.journal_blocks) * META;
         let [ck0, ck1] = self.checkpoint_offsets;
         if ck0 != journal_end {
             return bad("checkpoint area 0 does not follow the journal");

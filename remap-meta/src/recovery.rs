@@ -58,6 +58,8 @@ pub struct RecoveryReport {
     pub records_replayed: u64,
     /// Blocks of a commit whose end block is missing, dropped.
     pub incomplete_commit_blocks: u32,
+    /// Journal blocks read from their second copy because the first was bad.
+    pub journal_mirror_used: u32,
     pub journal_stop: JournalStop,
 }
 
@@ -84,6 +86,10 @@ pub enum RecoverError<E: core::fmt::Debug + core::fmt::Display> {
     SpareShrank { formatted: u64, actual: u64 },
     #[error("checkpoint: {0}")]
     Checkpoint(FormatError),
+    #[error(
+        "journal block {sequence} (ring position {position}) is corrupt in both copies while later commits follow it; refusing to open rather than drop them"
+    )]
+    JournalCorrupt { position: u32, sequence: u64 },
     #[error("journal block {sequence} (ring position {position}) contradicts the table: {source}")]
     Replay {
         sequence: u64,
@@ -175,39 +181,42 @@ where
     let mut commit: Vec<Record> = Vec::new();
     let mut commit_blocks = 0u32;
     let mut prev_crc = 0u32;
+    let mut mirror_used = 0u32;
     let mut records_replayed = 0u64;
     let mut stop = JournalStop::EndOfRing;
     let mut block = alloc::vec![0u8; META_BLOCK];
     for _ in 0..ring {
-        let region = Region::Journal(position);
-        io.read(g.journal_block_offset(position), &mut block)
-            .map_err(|source| RecoverError::Read { region, source })?;
-        let jb = match JournalBlock::decode(&block, region) {
-            Ok(jb) => jb,
-            Err(e) => {
-                stop = JournalStop::Invalid {
-                    position,
-                    reason: alloc::format!("{e}"),
-                };
-                break;
+        // Copy 0 if it is the block we expect, else copy 1, else the log ends here.
+        let mut first_problem = None;
+        let mut found = None;
+        for copy in 0..2u8 {
+            let region = Region::Journal(position);
+            io.read(g.journal_block_offset(copy, position), &mut block)
+                .map_err(|source| RecoverError::Read { region, source })?;
+            match examine(&block, &sb, position, sequence, prev_crc) {
+                Ok(jb) => {
+                    found = Some(jb);
+                    if copy == 1 {
+                        mirror_used += 1;
+                    }
+                    break;
+                }
+                Err(problem) => {
+                    first_problem.get_or_insert(problem);
+                }
             }
+        }
+        let Some(jb) = found else {
+            stop = first_problem.unwrap_or(JournalStop::EndOfRing);
+            // A torn write can only be the last thing written. If the next position holds
+            // the next commit, this block was durable and has rotted since (both copies):
+            // stopping here would silently drop every later commit, so refuse instead.
+            if commit_blocks == 0 && follows(io, &sb, (position + 1) % ring, sequence + 1)? {
+                return Err(RecoverError::JournalCorrupt { position, sequence });
+            }
+            break;
         };
-        if jb.uuid != sb.uuid {
-            stop = JournalStop::ForeignUuid { position };
-            break;
-        }
-        if jb.sequence != sequence {
-            stop = JournalStop::SequenceGap {
-                position,
-                expected: sequence,
-                found: jb.sequence,
-            };
-            break;
-        }
-        if jb.prev_crc != prev_crc {
-            stop = JournalStop::BrokenChain { position };
-            break;
-        }
+        let region = Region::Journal(position);
         prev_crc = jb.crc;
         commit_blocks += 1;
         if commit_blocks > MAX_COMMIT_BLOCKS {
@@ -251,6 +260,7 @@ where
         journal_blocks_replayed: live,
         records_replayed,
         incomplete_commit_blocks: commit_blocks,
+        journal_mirror_used: mirror_used,
         journal_stop: stop,
     };
     Ok(Recovered {
@@ -261,6 +271,58 @@ where
         journal: Journal::new(sb, next_sequence, head, live),
         report,
     })
+}
+
+/// Whether either copy at `position` is the first block of the commit with `sequence`.
+fn follows<I: MetaIo>(
+    io: &mut I,
+    sb: &Superblock,
+    position: u32,
+    sequence: u64,
+) -> Result<bool, RecoverError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    let mut block = alloc::vec![0u8; META_BLOCK];
+    for copy in 0..2u8 {
+        let region = Region::Journal(position);
+        io.read(sb.geometry.journal_block_offset(copy, position), &mut block)
+            .map_err(|source| RecoverError::Read { region, source })?;
+        if examine(&block, sb, position, sequence, 0).is_ok() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The journal block in `bytes` if it is the one replay expects at `position`.
+fn examine(
+    bytes: &[u8],
+    sb: &Superblock,
+    position: u32,
+    sequence: u64,
+    prev_crc: u32,
+) -> Result<JournalBlock, JournalStop> {
+    let jb = JournalBlock::decode(bytes, Region::Journal(position)).map_err(|e| {
+        JournalStop::Invalid {
+            position,
+            reason: alloc::format!("{e}"),
+        }
+    })?;
+    if jb.uuid != sb.uuid {
+        return Err(JournalStop::ForeignUuid { position });
+    }
+    if jb.sequence != sequence {
+        return Err(JournalStop::SequenceGap {
+            position,
+            expected: sequence,
+            found: jb.sequence,
+        });
+    }
+    if jb.prev_crc != prev_crc {
+        return Err(JournalStop::BrokenChain { position });
+    }
+    Ok(jb)
 }
 
 fn region_position(r: Region) -> u32 {
