@@ -21,6 +21,9 @@ cargo build -p remap-core --no-default-features
 step "tests"
 cargo test --workspace --all-features --release
 
+step "fuzz smoke runs"
+fuzz/smoke.sh
+
 step "examples"
 cargo run --release -p remap-core --features testing --example salvage >/dev/null
 
