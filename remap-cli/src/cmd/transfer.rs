@@ -1,0 +1,240 @@
+//! Moving blocks between main and spare by hand: the loop `map` and `unmap` share.
+//!
+//! Each block is moved by the engine ([`RemapDevice::map_block`] / `unmap_block`), which
+//! makes the change durable (journal write + flush) before returning, so a crash between two
+//! blocks loses neither. A block the engine refuses for reasons of its own (unreadable,
+//! main still failing, pending) is reported and the loop goes on to the next; anything that
+//! says the device pair itself is in trouble (spare exhausted, metadata write failed) stops
+//! the loop. Nothing is written for a block that is already where it was asked to go.
+
+use std::path::Path;
+
+use remap_core::{BlockBackend, DeviceError, RemapDevice};
+
+use crate::blocks::BlockList;
+use crate::error::CliError;
+
+/// What happened to one block.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Moved to a spare block; `zeroed` when its data could not be read and
+    /// `--zero-unreadable` put zeroes there instead.
+    Mapped {
+        lba: u64,
+        spare: u64,
+        zeroed: bool,
+    },
+    /// Copied back to main, verified, spare block freed.
+    Unmapped {
+        lba: u64,
+        spare: u64,
+    },
+    /// Already where it was asked to go; nothing written.
+    AlreadyMapped {
+        lba: u64,
+        spare: u64,
+    },
+    AlreadyOnMain {
+        lba: u64,
+    },
+    /// Refused or failed for this block alone; the others were still tried.
+    Failed(CliError),
+}
+
+/// Totals of a `map` or `unmap` run.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub requested: u64,
+    /// Blocks whose place changed (the table changed).
+    pub changed: u64,
+    pub unchanged: u64,
+    pub failed: u64,
+    /// The error that stopped the loop early, if any.
+    pub stopped_by: Option<CliError>,
+}
+
+/// Whether an engine error is about this block only, so the next block may still succeed.
+fn is_about_the_block(e: &DeviceError) -> bool {
+    matches!(
+        e,
+        DeviceError::Unreadable { .. }
+            | DeviceError::MainStillFailing { .. }
+            | DeviceError::NotRemapped { .. }
+            | DeviceError::AlreadyRemapped { .. }
+            | DeviceError::Pending { .. }
+            | DeviceError::SpareReadFailed { .. }
+            | DeviceError::ReadFailed { .. }
+    )
+}
+
+/// Which device an engine error is about, for the message's leading path.
+fn device_of<'a>(e: &DeviceError, main: &'a Path, spare: &'a Path) -> &'a Path {
+    match e {
+        DeviceError::SpareReadFailed { .. }
+        | DeviceError::SpareExhausted { .. }
+        | DeviceError::SpareWritesFailed { .. }
+        | DeviceError::SpareFlush { .. }
+        | DeviceError::MetadataFailed { .. }
+        | DeviceError::Poisoned
+        | DeviceError::TableFull { .. } => spare,
+        _ => main,
+    }
+}
+
+/// The paths of the pair, for messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Paths<'a> {
+    pub main: &'a Path,
+    pub spare: &'a Path,
+}
+
+impl Paths<'_> {
+    fn block_error(&self, lba: u64, source: DeviceError) -> CliError {
+        CliError::Block {
+            path: device_of(&source, self.main, self.spare).to_path_buf(),
+            lba,
+            source,
+        }
+    }
+}
+
+/// Route one engine result into the summary and the caller's report.
+fn settle(
+    summary: &mut Summary,
+    paths: Paths<'_>,
+    lba: u64,
+    result: Result<Outcome, DeviceError>,
+    report: &mut dyn FnMut(&Outcome) -> Result<(), CliError>,
+) -> Result<bool, CliError> {
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) if is_about_the_block(&e) => Outcome::Failed(paths.block_error(lba, e)),
+        Err(e) => {
+            summary.failed += 1;
+            summary.stopped_by = Some(paths.block_error(lba, e));
+            return Ok(false);
+        }
+    };
+    match &outcome {
+        Outcome::Mapped { .. } | Outcome::Unmapped { .. } => summary.changed += 1,
+        Outcome::AlreadyMapped { .. } | Outcome::AlreadyOnMain { .. } => summary.unchanged += 1,
+        Outcome::Failed(_) => summary.failed += 1,
+    }
+    report(&outcome)?;
+    Ok(true)
+}
+
+/// Move every block of `blocks` to a spare block, copying its data. An unreadable block is
+/// refused unless `zero_unreadable`. `blocks` must already be checked against the device.
+pub fn map_blocks<M: BlockBackend, S: BlockBackend>(
+    device: &RemapDevice<M, S>,
+    blocks: &BlockList,
+    zero_unreadable: bool,
+    paths: Paths<'_>,
+    report: &mut dyn FnMut(&Outcome) -> Result<(), CliError>,
+) -> Result<Summary, CliError> {
+    let mut summary = Summary {
+        requested: blocks.len(),
+        ..Summary::default()
+    };
+    for lba in blocks.iter() {
+        let result = match device.entry(lba).and_then(|e| e.spare) {
+            Some(spare) => Ok(Outcome::AlreadyMapped { lba, spare }),
+            None => match device.map_block(lba, false) {
+                Ok(spare) => Ok(Outcome::Mapped {
+                    lba,
+                    spare,
+                    zeroed: false,
+                }),
+                Err(DeviceError::Unreadable { .. }) if zero_unreadable => {
+                    device.map_block(lba, true).map(|spare| Outcome::Mapped {
+                        lba,
+                        spare,
+                        zeroed: true,
+                    })
+                }
+                Err(DeviceError::AlreadyRemapped { spare, .. }) => {
+                    Ok(Outcome::AlreadyMapped { lba, spare })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if !settle(&mut summary, paths, lba, result, report)? {
+            break;
+        }
+    }
+    Ok(summary)
+}
+
+/// Move every block of `blocks` back to main: copy, flush, read back and compare, then free
+/// its spare block. A block whose main location still fails stays on its spare.
+pub fn unmap_blocks<M: BlockBackend, S: BlockBackend>(
+    device: &RemapDevice<M, S>,
+    blocks: &BlockList,
+    paths: Paths<'_>,
+    report: &mut dyn FnMut(&Outcome) -> Result<(), CliError>,
+) -> Result<Summary, CliError> {
+    let mut summary = Summary {
+        requested: blocks.len(),
+        ..Summary::default()
+    };
+    for lba in blocks.iter() {
+        let result = match device.entry(lba) {
+            None => Ok(Outcome::AlreadyOnMain { lba }),
+            Some(entry) => match entry.spare {
+                // Pending: no copy of its data exists to move back.
+                None => Err(DeviceError::Pending { lba }),
+                Some(spare) => device
+                    .unmap_block(lba)
+                    .map(|()| Outcome::Unmapped { lba, spare }),
+            },
+        };
+        if !settle(&mut summary, paths, lba, result, report)? {
+            break;
+        }
+    }
+    Ok(summary)
+}
+
+/// End a `map` or `unmap`: if anything moved, flush both devices and checkpoint (a clean
+/// shutdown); if nothing moved, write nothing, so a refused command leaves both devices as
+/// they were. Then turn the summary into the command's result.
+pub fn finish<M: BlockBackend, S: BlockBackend>(
+    device: &RemapDevice<M, S>,
+    summary: Summary,
+    paths: Paths<'_>,
+) -> Result<(), CliError> {
+    if summary.changed > 0
+        && let Err(source) = device.shutdown()
+    {
+        let shutdown = CliError::Shutdown {
+            path: paths.spare.to_path_buf(),
+            source,
+        };
+        // The error that stopped the loop explains more than the failed shutdown.
+        if let Some(first) = summary.stopped_by {
+            tracing::error!(error = %shutdown, "clean shutdown failed too");
+            return Err(first);
+        }
+        return Err(shutdown);
+    }
+    if let Some(e) = summary.stopped_by {
+        return Err(e);
+    }
+    if summary.failed > 0 {
+        return Err(CliError::BlocksFailed {
+            path: paths.main.to_path_buf(),
+            failed: summary.failed,
+            requested: summary.requested,
+        });
+    }
+    Ok(())
+}
+
+/// One line of totals for the end of the report.
+pub fn totals(summary: &Summary) -> String {
+    format!(
+        "{} moved, {} already in place, {} failed, of {} requested",
+        summary.changed, summary.unchanged, summary.failed, summary.requested
+    )
+}
