@@ -27,11 +27,14 @@ pub mod record;
 pub mod spare;
 pub mod stats;
 pub mod table;
+pub mod window;
 
 #[cfg(feature = "std")]
 pub mod backend;
 #[cfg(feature = "std")]
 pub mod device;
+#[cfg(feature = "std")]
+pub mod predict;
 #[cfg(feature = "std")]
 pub mod store;
 
