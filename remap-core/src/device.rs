@@ -312,6 +312,16 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         self.blocks
     }
 
+    /// Where the spare pool lies on the spare device (so tests and tools can address a spare
+    /// block's bytes, e.g. to inject a fault there).
+    pub fn layout(&self) -> Layout {
+        Layout {
+            block_size: self.block_size,
+            spare_offset: self.spare_offset,
+            spare_blocks: self.engine.read().spares.pool_blocks(),
+        }
+    }
+
     pub fn main(&self) -> &M {
         &self.main
     }
