@@ -915,17 +915,6 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                 }
             }
             block[inner..inner + range.len()].copy_from_slice(&buf[range]);
-            // The old spare, if any, failed: retire it before moving on.
-            if let Some(old) = current.and_then(|e| e.spare) {
-                let rec = Record::SpareRetired {
-                    spare: old,
-                    lba: Some(lba),
-                    time_s: now,
-                };
-                self.apply(engine, &rec)?;
-                Stats::bump(&self.stats.spares_retired_events);
-                records.push(rec);
-            }
             // Contiguity: follow the spare of the block before, if it has one.
             let hint = lba
                 .checked_sub(1)
@@ -944,6 +933,20 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                 };
                 match self.spare.write_at(self.spare_byte(spare), &block[..blen]) {
                     Ok(()) => {
+                        // The old spare, if any, failed a write: retire it now that the data
+                        // has a new home. Retiring it earlier would leave the block pending
+                        // (unreadable) if no new spare can be had, though its old spare may
+                        // still read back the data it held.
+                        if let Some(old) = current.and_then(|e| e.spare) {
+                            let rec = Record::SpareRetired {
+                                spare: old,
+                                lba: Some(lba),
+                                time_s: now,
+                            };
+                            self.apply(engine, &rec)?;
+                            Stats::bump(&self.stats.spares_retired_events);
+                            records.push(rec);
+                        }
                         let rec = Record::Remap {
                             lba,
                             spare,
