@@ -1081,8 +1081,11 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         let t0 = self.clock.now_ns();
         let (first, count) = self.blocks_of(offset, len);
         let mut route = Route::Normal;
-        // Ranges the fast zeroing could not do; they go through the write path.
-        let mut slow: Vec<(u64, u64)> = Vec::new();
+        // Whether some block could not be zeroed in place (a media error, or a pending block):
+        // then the whole request goes through the write path, exactly as a write of zeroes
+        // would, so every block that must move does (not only those before the first
+        // failure) and no block is split into partial writes.
+        let mut through_writes = false;
         let r = (|| {
             let engine = self.engine.read();
             for seg in engine.table.segments(first, count) {
@@ -1096,31 +1099,25 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                         self.spare.write_zeroes(self.spare_byte(spare) + inner, n)
                     }
                     Segment::Pending { .. } => {
-                        route = Route::Remapped;
-                        slow.push((at, n));
-                        continue;
+                        through_writes = true;
+                        break;
                     }
                 };
                 match r {
                     Ok(()) => {}
                     Err(e) if !e.is_media() => return Err(DeviceError::from(e)),
-                    Err(_) => slow.push((at, n)),
+                    Err(_) => {
+                        through_writes = true;
+                        break;
+                    }
                 }
             }
             Ok(())
         })();
         let r = r.and_then(|()| {
-            if !slow.is_empty() {
+            if through_writes {
                 route = Route::Remapped;
-            }
-            let zeroes = vec![0u8; ZERO_PIECE.min(len) as usize];
-            for (at, n) in slow {
-                let mut done = 0;
-                while done < n {
-                    let step = (n - done).min(ZERO_PIECE);
-                    self.write_isolating(at + done, &zeroes[..step as usize], fua)?;
-                    done += step;
-                }
+                self.zero_through_writes(offset, len, fua)?;
             }
             if fua {
                 self.main.flush()?;
@@ -1130,6 +1127,34 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         });
         self.account(IoOp::WriteZeroes, len, t0, route, r.is_ok());
         r
+    }
+
+    /// Zero `[offset, offset + len)` through the write path (which moves blocks that fail),
+    /// in pieces of at most `ZERO_PIECE` bytes cut at block borders. Every piece is tried;
+    /// the first failure is returned, unless the device stops taking writes.
+    fn zero_through_writes(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
+        let zeroes = vec![0u8; ZERO_PIECE.min(len) as usize];
+        let end = offset + len;
+        let mut at = offset;
+        let mut first_error = None;
+        while at < end {
+            let mut piece_end = (at + ZERO_PIECE).min(end);
+            if piece_end < end {
+                // ZERO_PIECE is at least one block, so the cut still makes progress.
+                let cut = piece_end & !(self.block_size.bytes_u64() - 1);
+                if cut > at {
+                    piece_end = cut;
+                }
+            }
+            if let Err(e) = self.write_isolating(at, &zeroes[..(piece_end - at) as usize], fua) {
+                if self.is_poisoned() {
+                    return Err(e);
+                }
+                first_error.get_or_insert(e);
+            }
+            at = piece_end;
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     // ----- administration -----
