@@ -108,8 +108,12 @@ fn parse_blocks(s: &str) -> Result<BlockList, String> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let lo: u64 = lo.parse().map_err(|_| format!("{part:?} is not a block or a range"))?;
-        let hi: u64 = hi.parse().map_err(|_| format!("{part:?} is not a block or a range"))?;
+        let lo: u64 = lo
+            .parse()
+            .map_err(|_| format!("{part:?} is not a block or a range"))?;
+        let hi: u64 = hi
+            .parse()
+            .map_err(|_| format!("{part:?} is not a block or a range"))?;
         if hi < lo {
             return Err(format!("range {part:?} ends before it starts"));
         }
@@ -162,65 +166,72 @@ fn run() -> Result<(), String> {
     let args = Args::parse();
 
     let mut remap: Option<Arc<Remap>> = None;
-    let (export, state, block_size): (Arc<dyn BlockBackend>, Option<Arc<dyn BlockStateSource>>, u32) =
-        match &args.device {
-            Device::File { path } => (
-                Arc::new(open_file(path, args.read_only)?),
+    let (export, state, block_size): (
+        Arc<dyn BlockBackend>,
+        Option<Arc<dyn BlockStateSource>>,
+        u32,
+    ) = match &args.device {
+        Device::File { path } => (
+            Arc::new(open_file(path, args.read_only)?),
+            None,
+            args.block_size.unwrap_or(512),
+        ),
+        Device::Mem { size } => {
+            let size = usize::try_from(*size).map_err(|_| "size too large".to_string())?;
+            (
+                Arc::new(MemBackend::new(size)),
                 None,
                 args.block_size.unwrap_or(512),
-            ),
-            Device::Mem { size } => {
-                let size = usize::try_from(*size).map_err(|_| "size too large".to_string())?;
-                (Arc::new(MemBackend::new(size)), None, args.block_size.unwrap_or(512))
+            )
+        }
+        Device::Remap {
+            main,
+            spare,
+            spare_blocks,
+            fail_read,
+            fail_write,
+            flaky,
+            seed,
+        } => {
+            let bs = args.block_size.unwrap_or(4096);
+            let block = BlockSize::new(bs.into()).map_err(|e| e.to_string())?;
+            let main: Arc<dyn BlockBackend> = Arc::new(open_file(main, args.read_only)?);
+            let main = FaultyBackend::new(main, block.bytes_u64());
+            main.fail_reads(fail_read.0.iter().copied());
+            main.fail_writes(fail_write.0.iter().copied());
+            if !(0.0..=1.0).contains(flaky) {
+                return Err(format!("--flaky {flaky} is not between 0 and 1"));
             }
-            Device::Remap {
+            main.set_transient((flaky * 1e6).round() as u32, *seed);
+            let pool_bytes = spare_blocks
+                .checked_mul(block.bytes_u64())
+                .ok_or("spare pool too large")?;
+            let spare: Arc<dyn BlockBackend> = match spare {
+                Some(p) => Arc::new(open_file(p, args.read_only)?),
+                None => Arc::new(MemBackend::new(
+                    usize::try_from(pool_bytes).map_err(|_| "spare pool too large")?,
+                )),
+            };
+            let (_, handle) = MemStore::new();
+            let layout = Layout {
+                block_size: block,
+                spare_offset: 0,
+                spare_blocks: *spare_blocks,
+            };
+            let dev = device_from_mem_store(
                 main,
                 spare,
-                spare_blocks,
-                fail_read,
-                fail_write,
-                flaky,
-                seed,
-            } => {
-                let bs = args.block_size.unwrap_or(4096);
-                let block = BlockSize::new(bs.into()).map_err(|e| e.to_string())?;
-                let main: Arc<dyn BlockBackend> = Arc::new(open_file(main, args.read_only)?);
-                let main = FaultyBackend::new(main, block.bytes_u64());
-                main.fail_reads(fail_read.0.iter().copied());
-                main.fail_writes(fail_write.0.iter().copied());
-                if !(0.0..=1.0).contains(flaky) {
-                    return Err(format!("--flaky {flaky} is not between 0 and 1"));
-                }
-                main.set_transient((flaky * 1e6).round() as u32, *seed);
-                let pool_bytes = spare_blocks
-                    .checked_mul(block.bytes_u64())
-                    .ok_or("spare pool too large")?;
-                let spare: Arc<dyn BlockBackend> = match spare {
-                    Some(p) => Arc::new(open_file(p, args.read_only)?),
-                    None => Arc::new(MemBackend::new(
-                        usize::try_from(pool_bytes).map_err(|_| "spare pool too large")?,
-                    )),
-                };
-                let (_, handle) = MemStore::new();
-                let layout = Layout {
-                    block_size: block,
-                    spare_offset: 0,
-                    spare_blocks: *spare_blocks,
-                };
-                let dev = device_from_mem_store(
-                    main,
-                    spare,
-                    layout,
-                    &handle,
-                    Arc::new(SystemClock),
-                    DeviceConfig::default(),
-                )
-                .map_err(|e| e.to_string())?;
-                let dev = Arc::new(dev);
-                remap = Some(dev.clone());
-                (dev.clone(), Some(dev), bs)
-            }
-        };
+                layout,
+                &handle,
+                Arc::new(SystemClock),
+                DeviceConfig::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            let dev = Arc::new(dev);
+            remap = Some(dev.clone());
+            (dev.clone(), Some(dev), bs)
+        }
+    };
 
     let mut listen = Vec::new();
     if let Some(a) = args.listen {
@@ -264,10 +275,15 @@ fn run() -> Result<(), String> {
     let summary = server.run().map_err(|e| e.to_string())?;
     println!(
         "served: connections={} requests={} errors={} bytes_read={} bytes_written={}",
-        summary.connections, summary.requests, summary.errors, summary.bytes_read, summary.bytes_written
+        summary.connections,
+        summary.requests,
+        summary.errors,
+        summary.bytes_read,
+        summary.bytes_written
     );
     if let Some(dev) = remap {
-        dev.shutdown().map_err(|e| format!("device shutdown failed: {e}"))?;
+        dev.shutdown()
+            .map_err(|e| format!("device shutdown failed: {e}"))?;
         let s = dev.stats();
         let injected = dev.main().injected();
         println!(

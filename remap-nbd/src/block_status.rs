@@ -203,7 +203,7 @@ mod tests {
         );
         assert!(dev.read(3 * bs, &mut vec![0; 2 * bs as usize]).is_err());
         dev.write(10 * bs, &vec![1; bs as usize]).unwrap();
-        dev.write(11 * bs, &vec![1; 10]).unwrap();
+        dev.write(11 * bs, &[1; 10]).unwrap();
         let s = dev.states(0, 64 * bs, 100);
         assert_eq!(
             s,

@@ -34,7 +34,7 @@ impl BlockSizes {
             ));
         }
         let mut minimum = block_size;
-        while minimum > 1 && size % u64::from(minimum) != 0 {
+        while minimum > 1 && !size.is_multiple_of(u64::from(minimum)) {
             minimum /= 2;
         }
         let preferred = block_size.max(4096);

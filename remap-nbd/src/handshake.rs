@@ -157,10 +157,10 @@ impl<W: Write> Haggle<'_, W> {
         let mut chosen: Vec<MetaContext> = Vec::new();
         if set {
             for q in &request.queries {
-                if let Some(c) = MetaContext::selected_by(q, has_state) {
-                    if !chosen.contains(&c) {
-                        chosen.push(c);
-                    }
+                if let Some(c) = MetaContext::selected_by(q, has_state)
+                    && !chosen.contains(&c)
+                {
+                    chosen.push(c);
                 }
             }
         } else if request.queries.is_empty() {

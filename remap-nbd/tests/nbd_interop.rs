@@ -55,7 +55,10 @@ fn nbdinfo_reports_size_exports_contexts_and_maps() {
     let list = must(tool("nbdinfo").arg("--list").arg(s.tcp_uri()));
     assert!(list.contains("export=\"disk\""), "{list}");
     assert_eq!(map(&s.uri(), None), vec![(0, DEV_SIZE, 0)]);
-    assert_eq!(map(&s.tcp_uri(), Some("remap:state")), vec![(0, DEV_SIZE, 0)]);
+    assert_eq!(
+        map(&s.tcp_uri(), Some("remap:state")),
+        vec![(0, DEV_SIZE, 0)]
+    );
     // An export that does not exist is refused with a message, not a hang-up.
     let bad = format!("nbd+unix:///nope?socket={}", s.socket.display());
     let out = must_fail(tool("nbdinfo").arg(bad));
@@ -67,22 +70,45 @@ fn nbdinfo_reports_size_exports_contexts_and_maps() {
 fn qemu_img_info_convert_and_compare() {
     require("qemu-img", "qemu-utils");
     let s = Served::start(Serve::default());
-    let info = must(tool("qemu-img").args(["info", "--output=json", "-f", "raw"]).arg(s.uri()));
-    assert!(info.contains(&format!("\"virtual-size\": {DEV_SIZE}")), "{info}");
+    let info = must(
+        tool("qemu-img")
+            .args(["info", "--output=json", "-f", "raw"])
+            .arg(s.uri()),
+    );
+    assert!(
+        info.contains(&format!("\"virtual-size\": {DEV_SIZE}")),
+        "{info}"
+    );
 
     let src = s.dir.path().join("src.img");
     write_file(&src, &random_bytes(1, DEV_SIZE as usize));
-    must(tool("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(s.tcp_uri()));
-    must(tool("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(s.uri()));
+    must(
+        tool("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(s.tcp_uri()),
+    );
+    must(
+        tool("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&src)
+            .arg(s.uri()),
+    );
     // compare can fail: change one sector behind its back.
     must(&mut qemu_io(&s.uri(), &["write -P 0x5a 1048576 512"]));
-    let o = run(tool("qemu-img").args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(s.uri()));
+    let o = run(tool("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&src)
+        .arg(s.uri()));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let (_, _, s) = s.stop();
     let main = std::fs::read(&s.main).expect("read main");
     let mut expected = random_bytes(1, DEV_SIZE as usize);
     expected[1 << 20..(1 << 20) + 512].fill(0x5a);
-    assert!(main == expected, "the main file does not hold what was written");
+    assert!(
+        main == expected,
+        "the main file does not hold what was written"
+    );
 }
 
 #[test]
@@ -116,8 +142,15 @@ fn qemu_io_write_read_flush_fua_zero_discard_unaligned_and_last_block() {
     let o = run(&mut qemu_io(&s.uri(), &["read -P 0xac 0 4096"]));
     assert!(!o.status.success(), "{}", text(&o));
     // Reading or writing past the end is refused.
-    let o = run(&mut qemu_io(&s.tcp_uri(), &[&format!("read {DEV_SIZE} 4096")]));
-    assert!(!o.status.success() || String::from_utf8_lossy(&o.stdout).contains("error"), "{}", text(&o));
+    let o = run(&mut qemu_io(
+        &s.tcp_uri(),
+        &[&format!("read {DEV_SIZE} 4096")],
+    ));
+    assert!(
+        !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("error"),
+        "{}",
+        text(&o)
+    );
 
     // The main device holds exactly that, and nothing else changed.
     let (_, _, s) = s.stop();
@@ -146,9 +179,17 @@ fn nbdcopy_both_ways_over_unix_and_multi_conn_tcp() {
     let out = s.dir.path().join("out.img");
     write_file(&src, &random_bytes(2, DEV_SIZE as usize));
     must(tool("nbdcopy").arg(&src).arg(s.uri()));
-    std::fs::File::create(&out).expect("create").set_len(DEV_SIZE).expect("size");
+    std::fs::File::create(&out)
+        .expect("create")
+        .set_len(DEV_SIZE)
+        .expect("size");
     // TCP with four connections (the server offers multi-conn).
-    must(tool("nbdcopy").args(["--connections=4", "--requests=16"]).arg(s.tcp_uri()).arg(&out));
+    must(
+        tool("nbdcopy")
+            .args(["--connections=4", "--requests=16"])
+            .arg(s.tcp_uri())
+            .arg(&out),
+    );
     must(tool("cmp").arg(&src).arg(&out));
     let (_, _, s) = s.stop();
     must(tool("cmp").arg(&src).arg(&s.main));
@@ -275,12 +316,23 @@ fn failing_writes_are_remapped_every_write_succeeds_and_reads_verify() {
         fail_write: Some(FAIL_WRITE.into()),
         ..Serve::default()
     });
-    must(&mut qemu_io(&s.uri(), &["write -P 0x61 0 1M", "read -P 0x61 0 1M", "write -f -P 0x62 8M 64k", "read -P 0x62 8M 64k"]));
+    must(&mut qemu_io(
+        &s.uri(),
+        &[
+            "write -P 0x61 0 1M",
+            "read -P 0x61 0 1M",
+            "write -f -P 0x62 8M 64k",
+            "read -P 0x62 8M 64k",
+        ],
+    ));
     let src = s.dir.path().join("src.img");
     let out = s.dir.path().join("out.img");
     write_file(&src, &random_bytes(3, DEV_SIZE as usize));
     must(tool("nbdcopy").arg(&src).arg(s.tcp_uri()));
-    std::fs::File::create(&out).expect("create").set_len(DEV_SIZE).expect("size");
+    std::fs::File::create(&out)
+        .expect("create")
+        .set_len(DEV_SIZE)
+        .expect("size");
     must(tool("nbdcopy").arg(s.uri()).arg(&out));
     must(tool("cmp").arg(&src).arg(&out));
     require("fio", "fio");
@@ -304,14 +356,24 @@ fn failing_writes_are_remapped_every_write_succeeds_and_reads_verify() {
     let state = map(&s.uri(), Some("remap:state"));
     for b in FAIL_WRITE_BLOCKS {
         assert!(
-            state.iter().any(|&(off, len, flags)| flags == 1 && off <= b * BLOCK && b * BLOCK + BLOCK <= off + len),
+            state.iter().any(|&(off, len, flags)| flags == 1
+                && off <= b * BLOCK
+                && b * BLOCK + BLOCK <= off + len),
             "block {b} is not shown remapped: {state:?}"
         );
     }
     let remapped_bytes: u64 = state.iter().filter(|e| e.2 == 1).map(|e| e.1).sum();
-    assert_eq!(remapped_bytes, FAIL_WRITE_BLOCKS.len() as u64 * BLOCK, "{state:?}");
+    assert_eq!(
+        remapped_bytes,
+        FAIL_WRITE_BLOCKS.len() as u64 * BLOCK,
+        "{state:?}"
+    );
     let (out, _, _) = s.stop();
-    assert_eq!(listed_blocks(&out, "remapped:"), FAIL_WRITE_BLOCKS.to_vec(), "{out}");
+    assert_eq!(
+        listed_blocks(&out, "remapped:"),
+        FAIL_WRITE_BLOCKS.to_vec(),
+        "{out}"
+    );
 }
 
 #[test]
@@ -401,15 +463,28 @@ print("nbdsh: reads failed as they must")
     assert!(state.contains(&(40960, 8192, 2)), "{state:?}");
     // nbdcopy cannot copy the disk: never zeroes or stale data for a bad block.
     let out_img = s.dir.path().join("out.img");
-    std::fs::File::create(&out_img).expect("create").set_len(DEV_SIZE).expect("size");
+    std::fs::File::create(&out_img)
+        .expect("create")
+        .set_len(DEV_SIZE)
+        .expect("size");
     must_fail(tool("nbdcopy").arg(s.uri()).arg(&out_img));
     // Rewriting block 10 moves it; it reads back. Block 11 stays pending.
-    must(&mut qemu_io(&s.tcp_uri(), &["write -P 0x6b 40960 4096", "read -P 0x6b 40960 4096"]));
+    must(&mut qemu_io(
+        &s.tcp_uri(),
+        &["write -P 0x6b 40960 4096", "read -P 0x6b 40960 4096"],
+    ));
     let state = map(&s.uri(), Some("remap:state"));
     assert!(state.contains(&(40960, 4096, 1)), "{state:?}");
     assert!(state.contains(&(45056, 4096, 2)), "{state:?}");
     must_fail(&mut qemu_io(&s.uri(), &["read 45056 4096"]));
-    must(&mut qemu_io(&s.uri(), &["write -P 0x6c 45056 4096", "read -P 0x6c 45056 4096", "read -P 0x6b 40960 4096"]));
+    must(&mut qemu_io(
+        &s.uri(),
+        &[
+            "write -P 0x6c 45056 4096",
+            "read -P 0x6c 45056 4096",
+            "read -P 0x6b 40960 4096",
+        ],
+    ));
     let (out, _, _) = s.stop();
     assert_eq!(listed_blocks(&out, "remapped:"), vec![10, 11], "{out}");
     assert!(listed_blocks(&out, "pending:").is_empty(), "{out}");
@@ -424,7 +499,13 @@ fn read_only_export_serves_reads_and_refuses_writes() {
     let info = must(tool("nbdinfo").arg(s.uri()));
     assert!(info.contains("is_read_only: true"), "{info}");
     let out = must_fail(&mut qemu_io(&s.uri(), &["write -P 1 0 4096"]));
-    assert!(out.contains("ermission") || out.contains("not permitted") || out.contains("read-only") || out.contains("read only"), "{out}");
+    assert!(
+        out.contains("ermission")
+            || out.contains("not permitted")
+            || out.contains("read-only")
+            || out.contains("read only"),
+        "{out}"
+    );
     let script = format!(
         r#"
 import nbd

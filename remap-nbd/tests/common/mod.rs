@@ -120,7 +120,11 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// A Debian tool the suite needs: present, or the test fails naming the package.
 pub fn require(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/bin")]).any(|d| d.join(tool).is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/bin")])
+                .any(|d| d.join(tool).is_file())
+        })
         .unwrap_or(false);
     assert!(
         found,
@@ -163,7 +167,11 @@ pub fn must(c: &mut Command) -> String {
 /// Run and require failure; returns stdout + stderr.
 pub fn must_fail(c: &mut Command) -> String {
     let o = run(c);
-    assert!(!o.status.success(), "{c:?} should have failed\n{}", text(&o));
+    assert!(
+        !o.status.success(),
+        "{c:?} should have failed\n{}",
+        text(&o)
+    );
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -182,15 +190,41 @@ pub struct Serve {
     pub extra: Vec<String>,
 }
 
-/// A running server under test, on a temporary device; killed on drop.
+/// A running server under test, on a temporary device; killed on drop. Its stdout and
+/// stderr are drained continuously (a server blocked on a full log pipe would look hung).
 pub struct Served {
     pub child: Child,
+    stdout: Drain,
+    stderr: Drain,
     pub dir: tempfile::TempDir,
     pub main: PathBuf,
     pub spare: PathBuf,
     pub socket: PathBuf,
     pub tcp: SocketAddr,
     pub name: String,
+}
+
+/// Collects everything a pipe delivers, on its own thread.
+struct Drain(Option<std::thread::JoinHandle<String>>);
+
+impl Drain {
+    fn new(pipe: Option<impl Read + Send + 'static>) -> Drain {
+        Drain(pipe.map(|mut p| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = p.read_to_end(&mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        }))
+    }
+
+    /// Everything, once the writer has exited.
+    fn collect(&mut self) -> String {
+        self.0
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
 }
 
 fn free_port() -> SocketAddr {
@@ -227,14 +261,25 @@ impl Served {
             c.arg("--fail-write").arg(b);
         }
         if let Some((rate, seed)) = opts.flaky {
-            c.arg("--flaky").arg(rate.to_string()).arg("--seed").arg(seed.to_string());
+            c.arg("--flaky")
+                .arg(rate.to_string())
+                .arg("--seed")
+                .arg(seed.to_string());
         }
         c.args(&opts.extra);
         c.env("RUST_LOG", "info");
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {c:?}: {e}"));
+        let stdout = Drain::new(child.stdout.take());
+        let stderr = Drain::new(child.stderr.take());
         let mut s = Served {
             child,
+            stdout,
+            stderr,
             dir,
             main,
             spare,
@@ -250,10 +295,7 @@ impl Served {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(e) = self.child.stderr.as_mut() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = self.stderr.collect();
                 panic!("server exited at start ({status}):\n{err}");
             }
             if UnixStream::connect(&self.socket).is_ok()
@@ -261,7 +303,10 @@ impl Served {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "server did not start listening in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "server did not start listening in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -282,7 +327,10 @@ impl Served {
 
     /// SIGTERM, wait (bounded), and return the exit status and stdout. The server must exit
     /// by itself within `limit`.
-    pub fn stop_within(mut self, limit: Duration) -> (std::process::ExitStatus, String, String, Self) {
+    pub fn stop_within(
+        mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, String, String, Self) {
         let pid = rustix::process::Pid::from_raw(self.pid()).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
         let deadline = Instant::now() + limit;
@@ -296,20 +344,17 @@ impl Served {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(o) = self.child.stdout.as_mut() {
-            let _ = o.read_to_string(&mut out);
-        }
-        if let Some(e) = self.child.stderr.as_mut() {
-            let _ = e.read_to_string(&mut err);
-        }
+        let out = self.stdout.collect();
+        let err = self.stderr.collect();
         (status, out, err, self)
     }
 
     pub fn stop(self) -> (String, String, Self) {
         let (status, out, err, s) = self.stop_within(Duration::from_secs(30));
-        assert!(status.success(), "server exited with {status}\nstdout:\n{out}\nstderr:\n{err}");
+        assert!(
+            status.success(),
+            "server exited with {status}\nstdout:\n{out}\nstderr:\n{err}"
+        );
         (out, err, s)
     }
 
@@ -357,7 +402,11 @@ pub fn map(uri: &str, context: Option<&str>) -> Vec<(u64, u64, u32)> {
     out.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
-            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            Some((
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+                w.next()?.parse().ok()?,
+            ))
         })
         .collect()
 }

@@ -63,8 +63,16 @@ pub struct Raw {
 /// One reply, simple or a structured chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Simple { error: u32, cookie: u64 },
-    Chunk { flags: u16, kind: u16, cookie: u64, payload: Vec<u8> },
+    Simple {
+        error: u32,
+        cookie: u64,
+    },
+    Chunk {
+        flags: u16,
+        kind: u16,
+        cookie: u64,
+        payload: Vec<u8>,
+    },
 }
 
 impl Reply {
@@ -93,7 +101,8 @@ fn be32(b: &[u8]) -> u32 {
 impl Raw {
     pub fn unix(path: &Path) -> Raw {
         let s = UnixStream::connect(path).expect("connect unix");
-        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         Raw {
             s: Box::new(s),
             structured: false,
@@ -102,7 +111,8 @@ impl Raw {
 
     pub fn tcp(addr: std::net::SocketAddr) -> Raw {
         let s = TcpStream::connect(addr).expect("connect tcp");
-        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         s.set_nodelay(true).expect("nodelay");
         Raw {
             s: Box::new(s),
@@ -120,17 +130,23 @@ impl Raw {
         Ok(b)
     }
 
-    /// Whether the server closed the connection (EOF, or reset).
+    /// Whether the server closes the connection (EOF, or reset) after sending at most
+    /// 64 KiB more, which is read and dropped.
     pub fn closed_by_server(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        match self.s.read(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            ),
+        let mut b = [0u8; 4096];
+        for _ in 0..16 {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    );
+                }
+            }
         }
+        false
     }
 
     /// Read the greeting; returns the handshake flags.
@@ -156,7 +172,10 @@ impl Raw {
     /// Read one option reply: (option, type, data).
     pub fn option_reply(&mut self) -> io::Result<(u32, u32, Vec<u8>)> {
         let h = self.recv(20)?;
-        assert_eq!(u64::from_be_bytes(h[..8].try_into().expect("8")), 0x0003_e889_0455_65a9);
+        assert_eq!(
+            u64::from_be_bytes(h[..8].try_into().expect("8")),
+            0x0003_e889_0455_65a9
+        );
         let len = be32(&h[16..]) as usize;
         assert!(len <= MAX_REPLY, "option reply of {len} bytes");
         let data = self.recv(len)?;
@@ -227,7 +246,14 @@ impl Raw {
         (self, size, tflags)
     }
 
-    pub fn request(&mut self, flags: u16, command: u16, cookie: u64, offset: u64, len: u32) -> io::Result<()> {
+    pub fn request(
+        &mut self,
+        flags: u16,
+        command: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+    ) -> io::Result<()> {
         let mut b = Vec::with_capacity(28);
         b.extend_from_slice(&0x2560_9513u32.to_be_bytes());
         b.extend_from_slice(&flags.to_be_bytes());
@@ -266,7 +292,8 @@ impl Raw {
 
     /// A complete read: `Ok(data)` or `Err(nbd error)`.
     pub fn read(&mut self, cookie: u64, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
-        self.request(0, CMD_READ, cookie, offset, len).expect("send read");
+        self.request(0, CMD_READ, cookie, offset, len)
+            .expect("send read");
         self.read_reply(cookie, offset, len)
     }
 
@@ -276,15 +303,26 @@ impl Raw {
         let mut error = 0;
         loop {
             match self.reply().expect("read reply") {
-                Reply::Simple { error: e, cookie: c } => {
+                Reply::Simple {
+                    error: e,
+                    cookie: c,
+                } => {
                     assert_eq!(c, cookie);
-                    assert!(!self.structured, "simple reply to a read after structured replies");
+                    assert!(
+                        !self.structured,
+                        "simple reply to a read after structured replies"
+                    );
                     if e != 0 {
                         return Err(e);
                     }
                     return Ok(self.recv(len as usize).expect("read data"));
                 }
-                Reply::Chunk { flags, kind, cookie: c, payload } => {
+                Reply::Chunk {
+                    flags,
+                    kind,
+                    cookie: c,
+                    payload,
+                } => {
                     assert_eq!(c, cookie);
                     match kind {
                         CHUNK_OFFSET_DATA => {
@@ -310,8 +348,16 @@ impl Raw {
     }
 
     /// A request without payload or data, answered by one reply: its error.
-    pub fn simple_command(&mut self, flags: u16, command: u16, cookie: u64, offset: u64, len: u32) -> u32 {
-        self.request(flags, command, cookie, offset, len).expect("send");
+    pub fn simple_command(
+        &mut self,
+        flags: u16,
+        command: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+    ) -> u32 {
+        self.request(flags, command, cookie, offset, len)
+            .expect("send");
         self.final_error(cookie)
     }
 
@@ -333,7 +379,8 @@ impl Raw {
     }
 
     pub fn write(&mut self, flags: u16, cookie: u64, offset: u64, data: &[u8]) -> u32 {
-        self.request(flags, CMD_WRITE, cookie, offset, data.len() as u32).expect("send");
+        self.request(flags, CMD_WRITE, cookie, offset, data.len() as u32)
+            .expect("send");
         self.send(data).expect("send payload");
         self.final_error(cookie)
     }
