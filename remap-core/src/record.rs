@@ -101,10 +101,10 @@ pub fn apply(
     blocks: u64,
     rec: &Record,
 ) -> Result<(), ApplyError> {
-    if let Some(lba) = rec.lba() {
-        if lba >= blocks {
-            return Err(ApplyError::BlockOutOfRange { lba, blocks });
-        }
+    if let Some(lba) = rec.lba()
+        && lba >= blocks
+    {
+        return Err(ApplyError::BlockOutOfRange { lba, blocks });
     }
     match *rec {
         Record::Remap {
@@ -129,13 +129,13 @@ pub fn apply(
                     }
                 }
             }
-            if let Some(s) = old_spare.filter(|&s| s != spare) {
-                if spares.state(s)? != SpareState::Used {
-                    return Err(ApplyError::Contradiction {
-                        lba,
-                        what: "remap of a block whose old spare is not in use",
-                    });
-                }
+            if let Some(s) = old_spare.filter(|&s| s != spare)
+                && spares.state(s)? != SpareState::Used
+            {
+                return Err(ApplyError::Contradiction {
+                    lba,
+                    what: "remap of a block whose old spare is not in use",
+                });
             }
             let errors = old.map_or(0, |e| e.error_count);
             // A spare failure was already counted when the old spare was retired.

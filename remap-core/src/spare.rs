@@ -130,10 +130,10 @@ impl SpareAllocator {
 
     /// The block [`allocate_after`](Self::allocate_after) would take, without taking it.
     pub fn next_free(&self, after: Option<u64>) -> Result<u64, SpareError> {
-        if let Some(next) = after.and_then(|p| p.checked_add(1)) {
-            if self.state(next) == Ok(SpareState::Free) {
-                return Ok(next);
-            }
+        if let Some(next) = after.and_then(|p| p.checked_add(1))
+            && self.state(next) == Ok(SpareState::Free)
+        {
+            return Ok(next);
         }
         let mut w = (self.low_free / 64) as usize;
         while w < self.used.len() {

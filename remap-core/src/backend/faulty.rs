@@ -178,28 +178,29 @@ impl<B: BlockBackend> FaultyBackend<B> {
             }
             self.ops_left.fetch_sub(1, Ordering::SeqCst);
         }
-        if let Some(set) = sticky {
-            if len > 0 && self.any_sticky.load(Ordering::SeqCst) {
-                let first = offset / self.fault_block;
-                let last = (offset + len - 1) / self.fault_block;
-                if Self::overlaps(set, first, last) {
-                    let mut inj = self.injected.lock();
-                    if op == IoOp::Read {
-                        inj.sticky_reads += 1;
-                    } else {
-                        inj.sticky_writes += 1;
-                    }
-                    return Err(eio(op, offset, len));
+        if let Some(set) = sticky
+            && len > 0
+            && self.any_sticky.load(Ordering::SeqCst)
+        {
+            let first = offset / self.fault_block;
+            let last = (offset + len - 1) / self.fault_block;
+            if Self::overlaps(set, first, last) {
+                let mut inj = self.injected.lock();
+                if op == IoOp::Read {
+                    inj.sticky_reads += 1;
+                } else {
+                    inj.sticky_writes += 1;
                 }
+                return Err(eio(op, offset, len));
             }
         }
-        if matches!(op, IoOp::Read | IoOp::Write) && self.any_transient.load(Ordering::Relaxed) {
-            if let Some(t) = self.transient.lock().as_mut() {
-                if t.rng.random_range(0..1_000_000u32) < t.rate_ppm {
-                    self.injected.lock().transient += 1;
-                    return Err(eio(op, offset, len));
-                }
-            }
+        if matches!(op, IoOp::Read | IoOp::Write)
+            && self.any_transient.load(Ordering::Relaxed)
+            && let Some(t) = self.transient.lock().as_mut()
+            && t.rng.random_range(0..1_000_000u32) < t.rate_ppm
+        {
+            self.injected.lock().transient += 1;
+            return Err(eio(op, offset, len));
         }
         Ok(())
     }
