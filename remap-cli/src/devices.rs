@@ -135,6 +135,15 @@ impl Pair {
 
     /// Open the pair as a remapping device. Writes nothing by itself.
     pub fn into_device(self) -> Result<OpenedDevice<FileBackend, FileBackend>, CliError> {
+        self.into_device_over(|main| main)
+    }
+
+    /// Open the pair as a remapping device whose main device is `wrap(main)` (a fault
+    /// injector for testers, a dynamic backend for the server). Writes nothing by itself.
+    pub fn into_device_over<M: BlockBackend>(
+        self,
+        wrap: impl FnOnce(FileBackend) -> M,
+    ) -> Result<OpenedDevice<M, FileBackend>, CliError> {
         let Pair {
             main,
             spare,
@@ -142,6 +151,7 @@ impl Pair {
             spare_path,
             identity,
         } = self;
+        let main = wrap(main);
         remap_meta::open(main, Arc::new(spare), &identity, Arc::new(SystemClock)).map_err(
             |source| match source {
                 MetaError::WrongMainSize { .. } | MetaError::WrongMainIdentity { .. } => {

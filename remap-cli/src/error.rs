@@ -159,6 +159,21 @@ pub enum CliError {
         repairable: usize,
     },
 
+    /// The NBD server could not start or failed while serving.
+    #[error("{}: cannot serve: {source}", path.display())]
+    Serve {
+        path: PathBuf,
+        #[source]
+        source: remap_nbd::ServerError,
+    },
+
+    /// SIGINT/SIGTERM could not be caught, so a clean stop would be impossible.
+    #[error("cannot catch SIGINT and SIGTERM: {source}")]
+    Signals {
+        #[source]
+        source: io::Error,
+    },
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {

@@ -18,7 +18,7 @@ pub mod devices;
 pub mod error;
 pub mod units;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
@@ -36,6 +36,7 @@ Examples:
   remap dump /dev/sdb /dev/sdc1 --json        every remapped or pending block
   remap map /dev/sdb /dev/sdc1 1234 2000-2015 move blocks to the spare now
   remap check /dev/sdb /dev/sdc1 --repair     verify the metadata, fix a bad copy
+  remap serve /dev/sdb /dev/sdc1              export over NBD on 127.0.0.1:10809
 
 Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error.
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
@@ -72,6 +73,7 @@ pub enum Command {
     Map(cmd::map::Args),
     Unmap(cmd::unmap::Args),
     Check(cmd::check::Args),
+    Serve(cmd::serve::Args),
 }
 
 /// Log to stderr. `-v` sets the level; without it `RUST_LOG` does; without either only
@@ -86,6 +88,7 @@ fn init_logging(verbose: u8) {
     // A second initialisation (tests calling `run` twice) is harmless; ignore it.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_target(false)
         .try_init();
@@ -100,6 +103,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Map(args) => cmd::map::run(&args, out),
         Command::Unmap(args) => cmd::unmap::run(&args, out),
         Command::Check(args) => cmd::check::run(&args, out),
+        Command::Serve(args) => cmd::serve::run(&args, out),
     }
 }
 

@@ -1,7 +1,7 @@
 //! One module per subcommand. Each holds its clap arguments (`Args`, whose doc comments are
 //! the `--help` text) and a `run` that writes its report to the given output.
 //!
-//! Later subcommands (`serve`, `scrub`, `health`) slot in the same way: a module here, a
+//! Later subcommands (`scrub`, `health`) slot in the same way: a module here, a
 //! variant in [`crate::Command`], and the shared opening code in [`crate::devices`].
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ pub mod check;
 pub mod create;
 pub mod dump;
 pub mod map;
+pub mod serve;
 pub mod status;
 pub mod transfer;
 pub mod unmap;

@@ -236,13 +236,11 @@ fn print_human(s: &Status<'_>, out: &mut dyn Write) -> Result<(), CliError> {
     )?;
     writeln!(
         out,
-        "spares    {} total, {} used, {} free, {} retired ({} blocks of {} bytes = {})",
+        "spares    {} total, {} used, {} free, {} retired; capacity {}",
         s.spares.total,
         s.spares.used,
         s.spares.free,
         s.spares.retired,
-        s.spares.total,
-        s.spares.block_size,
         units::bytes(s.spares.capacity_bytes)
     )?;
     writeln!(

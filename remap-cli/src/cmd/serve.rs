@@ -1,0 +1,269 @@
+//! `remap serve MAIN SPARE`: export the remapped device over NBD (`remap-nbd`), optionally
+//! with faults injected on the main device for testers.
+//!
+//! The pair is opened read-write and locked for the life of the server, so other `remap`
+//! commands on it say "in use by pid N". SIGINT or SIGTERM stops accepting, lets requests in
+//! flight finish, flushes, checkpoints, and exits 0; a second signal exits at once (what the
+//! journal already holds survives, as after a crash).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use remap_core::testing::FaultyBackend;
+use remap_core::{BlockBackend, FileBackend, RemapDevice};
+use remap_nbd::{BlockStateSource, ListenAddr, Server, ServerConfig};
+
+use crate::blocks::{BlockList, BlockRange};
+use crate::cmd::PairArgs;
+use crate::devices::{Access, Pair};
+use crate::error::CliError;
+
+/// The most blocks the fault lists may name together: each is kept in memory.
+pub const MAX_FAULT_BLOCKS: u64 = 1 << 20;
+
+const AFTER_HELP: &str = "\
+Connect with any NBD client, for example:
+  nbdinfo nbd://127.0.0.1                        size, block sizes, contexts
+  nbdinfo --map=remap:state nbd://127.0.0.1      which ranges are remapped or pending
+  qemu-io -f raw nbd://127.0.0.1 -c 'read 0 1M'
+  nbd-client 127.0.0.1 /dev/nbd0                 the Linux kernel client
+
+Fault injection (for testing what sits on top): --fail-read and --fail-write take block
+numbers of MAIN (N, N-M, comma-separated); a write to a --fail-write block moves it to the
+spare and succeeds, a read of a --fail-read block fails with EIO and marks it pending until
+a whole-block write moves it. --flaky fails that fraction of all MAIN reads and writes,
+reproducibly for a given --seed.
+
+Examples:
+  remap serve /dev/sdb /dev/sdc1
+  remap serve main.img spare.img --socket /tmp/remap.sock --read-only
+  remap serve main.img spare.img --fail-write 100-199 --fail-read 7 --flaky 0.001 --seed 42";
+
+/// Export the remapped device over NBD until SIGINT or SIGTERM.
+///
+/// Serves MAIN through the remap table on SPARE to NBD clients (qemu, nbdinfo, nbdcopy,
+/// fio, the Linux nbd client): failing writes move blocks to the spare, failing reads are
+/// reported as errors and marked pending, never answered with made-up data. Listens on
+/// 127.0.0.1:10809 unless --listen or --socket says otherwise. On SIGINT or SIGTERM: stops
+/// accepting, finishes requests in flight, flushes, checkpoints, exits 0.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    #[command(flatten)]
+    pub pair: PairArgs,
+
+    /// TCP address to listen on (port 0 picks a free one). Default 127.0.0.1:10809 unless
+    /// --socket is given.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Unix socket to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Vec<PathBuf>,
+
+    /// Export name (clients asking for the default export get it too).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub name: String,
+
+    /// Export description, shown by `nbdinfo` (default: the two device paths).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+
+    /// Refuse client writes, trims and zeroing (EPERM). Unreadable blocks are still
+    /// recorded as pending on SPARE.
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Blocks of MAIN that fail every read (testing).
+    #[arg(long, value_name = "BLOCK[-BLOCK]", value_delimiter = ',')]
+    pub fail_read: Vec<BlockRange>,
+
+    /// Blocks of MAIN that fail every write (testing).
+    #[arg(long, value_name = "BLOCK[-BLOCK]", value_delimiter = ',')]
+    pub fail_write: Vec<BlockRange>,
+
+    /// Fraction (0 to 1) of MAIN reads and writes that fail at random (testing).
+    #[arg(long, value_name = "RATE", default_value = "0", value_parser = parse_rate)]
+    pub flaky: f64,
+
+    /// Seed for --flaky: the same seed fails the same requests.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(format!("{rate} is not between 0 and 1"));
+    }
+    Ok(rate)
+}
+
+impl Args {
+    fn injects_faults(&self) -> bool {
+        !self.fail_read.is_empty() || !self.fail_write.is_empty() || self.flaky > 0.0
+    }
+}
+
+type Device = RemapDevice<Arc<dyn BlockBackend>, Arc<FileBackend>>;
+
+pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let fail_read = BlockList::new(&args.fail_read);
+    let fail_write = BlockList::new(&args.fail_write);
+    if fail_read.len().saturating_add(fail_write.len()) > MAX_FAULT_BLOCKS {
+        return Err(CliError::Usage {
+            message: format!(
+                "--fail-read and --fail-write name more than {MAX_FAULT_BLOCKS} blocks together"
+            ),
+        });
+    }
+    let pair = Pair::open(
+        &args.pair.main,
+        &args.pair.spare,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    )?;
+    let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
+    // Fault lists are checked against the device before anything starts. Without a valid
+    // superblock, opening the device below reports why.
+    let block_size = match pair.superblock()? {
+        Some(sb) => {
+            let g = sb.geometry;
+            fail_read.check_within(&main_path, g.main_blocks(), g.block_size.bytes())?;
+            fail_write.check_within(&main_path, g.main_blocks(), g.block_size.bytes())?;
+            g.block_size
+        }
+        None => remap_core::BlockSize::DEFAULT,
+    };
+
+    let mut faulty: Option<Arc<FaultyBackend<FileBackend>>> = None;
+    let opened = pair.into_device_over(|main| -> Arc<dyn BlockBackend> {
+        if !args.injects_faults() {
+            return Arc::new(main);
+        }
+        let f = Arc::new(FaultyBackend::new(main, block_size.bytes_u64()));
+        f.fail_reads(fail_read.iter());
+        f.fail_writes(fail_write.iter());
+        f.set_transient((args.flaky * 1e6).round() as u32, args.seed);
+        faulty = Some(f.clone());
+        f
+    })?;
+    let device: Arc<Device> = Arc::new(opened.device);
+    let before = device.stats();
+
+    let mut listen: Vec<ListenAddr> = args.listen.iter().copied().map(ListenAddr::Tcp).collect();
+    listen.extend(args.socket.iter().cloned().map(ListenAddr::Unix));
+    if listen.is_empty() {
+        listen = ServerConfig::default().listen;
+    }
+    let config = ServerConfig {
+        listen,
+        name: args.name.clone(),
+        description: args.description.clone().unwrap_or_else(|| {
+            format!(
+                "remap of {} (spare {})",
+                main_path.display(),
+                spare_path.display()
+            )
+        }),
+        read_only: args.read_only,
+        block_size: device.block_size().bytes(),
+        ..ServerConfig::default()
+    };
+    let export: Arc<dyn BlockBackend> = device.clone();
+    let state: Arc<dyn BlockStateSource> = device.clone();
+    let server = Server::new(export, Some(state), config).map_err(|source| CliError::Serve {
+        path: main_path.clone(),
+        source,
+    })?;
+
+    // Catch the signals before saying we listen, so a client that stops us at once is
+    // heard.
+    let stop = server.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|source| CliError::Signals { source })?;
+    std::thread::spawn(move || {
+        let mut received = signals.forever();
+        if received.next().is_some() {
+            tracing::info!("signal received: finishing requests in flight, then stopping");
+            stop.shutdown();
+        }
+        if received.next().is_some() {
+            eprintln!("remap: second signal: exiting now; the journal keeps what was made durable");
+            std::process::exit(i32::from(crate::error::EXIT_FAILED));
+        }
+    });
+
+    writeln!(
+        out,
+        "serving {} ({} blocks of {} bytes) with spare {}{}",
+        main_path.display(),
+        device.blocks(),
+        device.block_size(),
+        spare_path.display(),
+        if args.read_only { ", read-only" } else { "" }
+    )?;
+    if let Some(f) = &faulty {
+        writeln!(
+            out,
+            "injecting faults on main: {} blocks fail reads, {} fail writes, flaky rate {} (seed {})",
+            f.read_failing().len(),
+            f.write_failing().len(),
+            args.flaky,
+            args.seed
+        )?;
+    }
+    for addr in server.local_addrs() {
+        writeln!(out, "listening on {addr}")?;
+    }
+    out.flush()?;
+
+    let served = server.run();
+    // Whatever the server did, end with a clean shutdown of the device: flush + checkpoint.
+    let shutdown = device.shutdown();
+    let summary = served.map_err(|source| CliError::Serve {
+        path: main_path.clone(),
+        source,
+    })?;
+    shutdown.map_err(|source| CliError::Shutdown {
+        path: spare_path.clone(),
+        source,
+    })?;
+
+    let after = device.stats();
+    writeln!(
+        out,
+        "stopped: {} connections, {} requests, {} errors, {} bytes read, {} bytes written",
+        summary.connections,
+        summary.requests,
+        summary.errors,
+        summary.bytes_read,
+        summary.bytes_written
+    )?;
+    writeln!(
+        out,
+        "device: {} remapped, {} pending; this session {} remaps, {} main read errors, {} main write errors",
+        after.remapped_blocks,
+        after.pending_blocks,
+        after.remaps - before.remaps,
+        after.main_read_errors - before.main_read_errors,
+        after.main_write_errors - before.main_write_errors,
+    )?;
+    if let Some(f) = &faulty {
+        let injected = f.injected();
+        writeln!(
+            out,
+            "injected: {} sticky read faults, {} sticky write faults, {} transient faults",
+            injected.sticky_reads, injected.sticky_writes, injected.transient
+        )?;
+    }
+    Ok(())
+}
