@@ -702,3 +702,20 @@ fn check_reports_the_wrong_main_and_repair_refuses_it() {
     assert!(assert_one_line_error(&o).contains("wrong main device"));
     p.assert_unchanged_since(&before, "repair against another disk");
 }
+
+#[test]
+fn check_of_an_unformatted_spare_fails_without_writing() {
+    let p = Pair::new();
+    let o = p.run_unchanged(&["check"], &["--json"]);
+    assert_eq!(code(&o), 1);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["clean"], false);
+    assert!(
+        v["main"]["matches"].is_null(),
+        "nothing to compare main with: {v}"
+    );
+    assert!(!v["check"]["fatal"].as_array().unwrap().is_empty());
+    let o = p.run_unchanged(&["check"], &["--repair"]);
+    assert_eq!(code(&o), 1);
+    assert!(assert_one_line_error(&o).contains("never invents a table"));
+}

@@ -190,7 +190,15 @@ fn print_human(
     for copy in &c.superblocks {
         writeln!(out, "{:<20}{}", copy.region.to_string(), copy_line(copy))?;
     }
-    for (area, state) in c.checkpoints.iter().enumerate() {
+    if sb.is_none() {
+        // Without a superblock there is no geometry to find the areas and journal by.
+        writeln!(
+            out,
+            "{:<20}checkpoint areas and journal not examined (no valid superblock says where they are)",
+            "checkpoints"
+        )?;
+    }
+    for (area, state) in c.checkpoints.iter().enumerate().filter(|_| sb.is_some()) {
         let active = sb.map(|s| usize::from(s.active_checkpoint) == area);
         let text = match (state, active) {
             (Ok(seq), Some(true)) => format!("valid, sequence {seq}, in use"),
@@ -201,11 +209,13 @@ fn print_human(
         writeln!(out, "{:<20}{text}", format!("checkpoint area {area}"))?;
     }
     let j = &c.journal;
-    writeln!(
-        out,
-        "{:<20}{} live blocks ({} read from the second copy); over both copies: {} from before the last checkpoint, {} never written or torn, {} from an earlier format",
-        "journal", j.live, j.mirror_used, j.stale, j.invalid, j.foreign
-    )?;
+    if sb.is_some() {
+        writeln!(
+            out,
+            "{:<20}{} live blocks ({} read from the second copy); over both copies: {} from before the last checkpoint, {} never written or torn, {} from an earlier format",
+            "journal", j.live, j.mirror_used, j.stale, j.invalid, j.foreign
+        )?;
+    }
     match &c.recovery {
         Ok(r) => writeln!(
             out,
