@@ -207,9 +207,11 @@ pub(crate) struct Connection {
     session: Negotiated,
     limits: Limits,
     socket: Arc<Socket>,
-    reader: Mutex<BufReader<SocketReader>>,
+    /// The read side. A std (futex) mutex rather than parking_lot's: it is held across a
+    /// blocking `read`, so spinning and yielding for it only burns CPU the workers need.
+    reader: std::sync::Mutex<BufReader<SocketReader>>,
     /// Serializes replies so that they never interleave on the wire.
-    writer: Mutex<()>,
+    writer: std::sync::Mutex<()>,
     closing: AtomicBool,
     /// The server is stopping: an end of input is then a shutdown, not the client leaving.
     server_stopping: Arc<AtomicBool>,
@@ -246,8 +248,8 @@ impl Connection {
             session,
             limits,
             socket,
-            reader: Mutex::new(reader),
-            writer: Mutex::new(()),
+            reader: std::sync::Mutex::new(reader),
+            writer: std::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             server_stopping,
             waiting: AtomicUsize::new(0),
@@ -272,7 +274,7 @@ impl Connection {
         // Nobody reads any more: wake a worker blocked in `read` (if the connection ended
         // for another reason than its input), then wait for any worker being started.
         self.socket.shutdown(Shutdown::Read);
-        drop(self.reader.lock());
+        drop(lock(&self.reader));
         loop {
             let next = self.handles.lock().pop();
             match next {
@@ -344,7 +346,7 @@ impl Connection {
     /// Read the next request. `None` when the connection is ending.
     fn next_request(self: &Arc<Self>, buffers: &mut Buffers) -> Option<Job<'_>> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut input = self.reader.lock();
+        let mut input = lock(&self.reader);
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         if self.closing.load(Ordering::SeqCst) {
             return None;
@@ -724,7 +726,7 @@ impl Connection {
                 &buffers.small
             }
         };
-        let _turn = self.writer.lock();
+        let _turn = lock(&self.writer);
         (&*self.socket)
             .write_all(bytes)
             .map_err(|source| TransmissionError::SendReply {
@@ -732,6 +734,12 @@ impl Connection {
                 source,
             })
     }
+}
+
+/// Lock a std mutex. A worker that panicked while holding it (a bug) leaves the data in a
+/// state the next holder can still use: a buffered reader or nothing at all.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Read and drop `len` bytes, in small pieces.

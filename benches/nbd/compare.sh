@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Compare our NBD server with nbdkit's file plugin, same file, same clients, same run.
+#
+# One 1 GiB file of random data on tmpfs (/dev/shm) is served in turn by
+#   - ours:   a remapping device (no faults, spare pool in memory) over the file, i.e. what
+#             `remap serve` runs; started by start_ours() below (the one place to change);
+#   - nbdkit: `nbdkit file`.
+# Each server runs REPS times (alternating which goes first); each run measures
+#   - sequential read and write with nbdcopy (MiB/s; nbdcopy's defaults: 4 connections),
+#   - 4 KiB random read and write IOPS with fio's nbd engine at queue depth 1 and 32.
+# The table shows medians and the ratio ours/nbdkit (above 1.00 = ours is faster).
+#
+# Usage: benches/nbd/compare.sh            (about 3 minutes)
+# Environment: REPS (3), RUNTIME seconds per fio run (4), SIZE_MIB (1024), PORT (10900),
+#              OURS_CMD (the server command; default: the release nbd-serve example, `remap` mode).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+REPS=${REPS:-3}
+RUNTIME=${RUNTIME:-4}
+SIZE_MIB=${SIZE_MIB:-1024}
+PORT=${PORT:-10900}
+WORK=$(mktemp -d /dev/shm/remap-nbd-bench.XXXXXX)
+IMG=$WORK/disk.img
+SRC=$WORK/src.img
+URI=nbd://127.0.0.1:$PORT
+SERVER_PID=
+
+for tool in nbdkit nbdcopy nbdinfo fio jq; do
+  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
+done
+
+cleanup() {
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "building the release server..." >&2
+cargo build -q --release -p remap-nbd --example nbd-serve
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/nbd-serve
+OURS_CMD=${OURS_CMD:-"$BIN remap"}
+
+echo "writing ${SIZE_MIB} MiB of random data to $WORK..." >&2
+head -c "$((SIZE_MIB << 20))" /dev/urandom >"$SRC"
+cp "$SRC" "$IMG"
+
+# The server under test. To benchmark `remap serve`, change this function (or OURS_CMD).
+start_ours() {
+  # shellcheck disable=SC2086
+  RUST_LOG=warn $OURS_CMD "$IMG" --listen "127.0.0.1:$PORT" >"$WORK/ours.log" 2>&1 &
+  SERVER_PID=$!
+}
+
+start_nbdkit() {
+  nbdkit -f -i 127.0.0.1 -p "$PORT" file "$IMG" >"$WORK/nbdkit.log" 2>&1 &
+  SERVER_PID=$!
+}
+
+wait_ready() {
+  for _ in $(seq 200); do
+    nbdinfo --size "$URI" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "compare.sh: server did not come up" >&2
+  cat "$WORK"/*.log >&2
+  exit 1
+}
+
+stop_server() {
+  kill -TERM "$SERVER_PID"
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
+
+# seconds for a command, as a float
+timed() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" >/dev/null
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc -l
+}
+
+fio_iops() { # rw depth
+  fio --name=bench --ioengine=nbd --uri="$URI" --rw="$1" --bs=4k --iodepth="$2" \
+    --numjobs=1 --size="${SIZE_MIB}m" --time_based --runtime="$RUNTIME" --norandommap \
+    --randrepeat=0 --output-format=json 2>/dev/null |
+    sed -n '/^{/,$p' | # fio's nbd engine prints a line before the JSON
+    jq -r --arg k "$([ "$1" = randread ] && echo read || echo write)" '.jobs[0][$k].iops | floor'
+}
+
+ROWS=("seq read MiB/s (nbdcopy)" "seq write MiB/s (nbdcopy)" \
+  "4k randread IOPS qd1" "4k randread IOPS qd32" "4k randwrite IOPS qd1" "4k randwrite IOPS qd32")
+
+measure() { # server-name
+  local secs
+  secs=$(timed nbdcopy "$URI" null:)
+  echo "$1 0 $(echo "$SIZE_MIB / $secs" | bc -l)" >>"$WORK/results"
+  secs=$(timed nbdcopy "$SRC" "$URI")
+  echo "$1 1 $(echo "$SIZE_MIB / $secs" | bc -l)" >>"$WORK/results"
+  echo "$1 2 $(fio_iops randread 1)" >>"$WORK/results"
+  echo "$1 3 $(fio_iops randread 32)" >>"$WORK/results"
+  echo "$1 4 $(fio_iops randwrite 1)" >>"$WORK/results"
+  echo "$1 5 $(fio_iops randwrite 32)" >>"$WORK/results"
+}
+
+: >"$WORK/results"
+for rep in $(seq "$REPS"); do
+  if [ $((rep % 2)) -eq 1 ]; then order="ours nbdkit"; else order="nbdkit ours"; fi
+  for server in $order; do
+    echo "run $rep/$REPS: $server" >&2
+    "start_$server"
+    wait_ready
+    measure "$server"
+    stop_server
+  done
+done
+
+median() { # server row
+  awk -v s="$1" -v r="$2" '$1 == s && $2 == r { print $3 }' "$WORK/results" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+echo
+echo "$(nproc) CPUs, ${SIZE_MIB} MiB tmpfs file, $REPS runs each, fio ${RUNTIME}s per point; medians"
+printf '%-28s %12s %12s %12s\n' "" "nbdkit" "ours" "ours/nbdkit"
+for i in "${!ROWS[@]}"; do
+  k=$(median nbdkit "$i")
+  o=$(median ours "$i")
+  printf '%-28s %12.0f %12.0f %12.2f\n' "${ROWS[$i]}" "$k" "$o" "$(echo "$o / $k" | bc -l)"
+done
