@@ -167,6 +167,14 @@ pub enum CliError {
         source: remap_nbd::ServerError,
     },
 
+    /// The `serve --demo` files could not be created.
+    #[error("{}: cannot prepare the demo: {source}", path.display())]
+    Demo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// SIGINT/SIGTERM could not be caught, so a clean stop would be impossible.
     #[error("cannot catch SIGINT and SIGTERM: {source}")]
     Signals {

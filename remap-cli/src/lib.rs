@@ -37,6 +37,7 @@ Examples:
   remap map /dev/sdb /dev/sdc1 1234 2000-2015 move blocks to the spare now
   remap check /dev/sdb /dev/sdc1 --repair     verify the metadata, fix a bad copy
   remap serve /dev/sdb /dev/sdc1              export over NBD on 127.0.0.1:10809
+  remap serve --demo                          try it: a demo disk with failing blocks
 
 Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error.
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";

@@ -215,6 +215,19 @@ fn help_explains_every_command_with_an_example() {
         assert!(text.contains(&format!("remap {cmd} ")), "{cmd} example");
     }
     assert!(top.contains("Exit status"));
+    let o = remap(&["serve", "--help"]);
+    assert_eq!(code(&o), 0);
+    let text = stdout(&o);
+    for want in [
+        "Usage: remap serve",
+        "[MAIN]",
+        "--demo",
+        "--fail-write",
+        "Examples:",
+        "remap serve --demo",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from serve --help");
+    }
 }
 
 #[test]

@@ -143,13 +143,19 @@ struct Served {
 impl Served {
     /// Start `remap serve` and wait for it to say where it listens.
     fn start(main: &Path, spare: &Path, socket: &Path, extra: &[&str]) -> Served {
+        let mut args = vec![main.to_str().unwrap(), spare.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::start_in(Path::new("."), socket, &args)
+    }
+
+    /// `remap serve ARGS --socket SOCKET`, run in `cwd`.
+    fn start_in(cwd: &Path, socket: &Path, args: &[&str]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_remap"))
+            .current_dir(cwd)
             .arg("serve")
-            .arg(main)
-            .arg(spare)
+            .args(args)
             .arg("--socket")
             .arg(socket)
-            .args(extra)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -409,4 +415,51 @@ fn read_only_refuses_writes_and_bad_fault_lists_are_usage_errors() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+#[test]
+fn demo_creates_a_pair_with_failing_blocks_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("demo.sock");
+    let served = Served::start_in(dir.path(), &socket, &["--demo"]);
+    let text = served.lines.join("\n");
+    assert!(text.contains("formatted remap-demo/spare.img"), "{text}");
+    assert!(
+        text.contains("2 blocks fail reads, 10 fail writes"),
+        "{text}"
+    );
+    let main = dir.path().join("remap-demo/main.img");
+    let spare = dir.path().join("remap-demo/spare.img");
+    assert_eq!(fs::metadata(&main).unwrap().len(), 1 << 30);
+    let mut c = Client::connect(&socket);
+    assert_eq!(c.write(1000 * BS, &pattern(10)), 0);
+    assert_eq!(c.read(1000 * BS, BS as u32).unwrap(), pattern(10));
+    assert_eq!(c.read(2000 * BS, BS as u32), Err(EIO));
+    c.disconnect();
+    let (code, _, err) = served.stop();
+    assert_eq!(code, 0, "{err}");
+
+    // A second demo keeps the pair and its table.
+    let served = Served::start_in(dir.path(), &socket, &["--demo"]);
+    let text = served.lines.join("\n");
+    assert!(!text.contains("formatted"), "{text}");
+    let mut c = Client::connect(&socket);
+    assert_eq!(c.read(1000 * BS, BS as u32).unwrap(), pattern(10));
+    c.disconnect();
+    let (code, _, err) = served.stop();
+    assert_eq!(code, 0, "{err}");
+    let o = remap(&[
+        "dump",
+        "--json",
+        main.to_str().unwrap(),
+        spare.to_str().unwrap(),
+    ]);
+    let dump: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let states: Vec<(u64, &str)> = dump["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["block"].as_u64().unwrap(), e["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [(1000, "remapped"), (2000, "pending")]);
 }

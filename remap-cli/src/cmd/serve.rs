@@ -16,7 +16,6 @@ use remap_core::{BlockBackend, FileBackend, RemapDevice};
 use remap_nbd::{BlockStateSource, ListenAddr, Server, ServerConfig};
 
 use crate::blocks::{BlockList, BlockRange};
-use crate::cmd::PairArgs;
 use crate::devices::{Access, Pair};
 use crate::error::CliError;
 
@@ -37,6 +36,7 @@ a whole-block write moves it. --flaky fails that fraction of all MAIN reads and 
 reproducibly for a given --seed.
 
 Examples:
+  remap serve --demo
   remap serve /dev/sdb /dev/sdc1
   remap serve main.img spare.img --socket /tmp/remap.sock --read-only
   remap serve main.img spare.img --fail-write 100-199 --fail-read 7 --flaky 0.001 --seed 42";
@@ -51,8 +51,19 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
-    #[command(flatten)]
-    pub pair: PairArgs,
+    /// The main device: the failing disk (or a file standing for one). Not with --demo.
+    #[arg(value_name = "MAIN", required_unless_present = "demo")]
+    pub main: Option<PathBuf>,
+
+    /// The spare device, formatted by `remap create`. Not with --demo.
+    #[arg(value_name = "SPARE", required_unless_present = "demo")]
+    pub spare: Option<PathBuf>,
+
+    /// Serve a demonstration pair: creates (if absent) a sparse 1 GiB main and a formatted
+    /// 64 MiB spare under ./remap-demo/, makes a few blocks fail (unless --fail-read or
+    /// --fail-write say otherwise), and prints commands to try.
+    #[arg(long, conflicts_with_all = ["main", "spare"])]
+    pub demo: bool,
 
     /// TCP address to listen on (port 0 picks a free one). Default 127.0.0.1:10809 unless
     /// --socket is given.
@@ -104,13 +115,108 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
-impl Args {
-    fn injects_faults(&self) -> bool {
-        !self.fail_read.is_empty() || !self.fail_write.is_empty() || self.flaky > 0.0
+type Device = RemapDevice<Arc<dyn BlockBackend>, Arc<FileBackend>>;
+
+/// Where `--demo` keeps its pair, relative to the current directory.
+pub const DEMO_DIR: &str = "remap-demo";
+const DEMO_MAIN_BYTES: u64 = 1 << 30;
+const DEMO_SPARE_BYTES: u64 = 64 << 20;
+/// The demo's failing blocks: a run that fails writes (they move to the spare) and two
+/// that fail reads (EIO, then pending until rewritten).
+const DEMO_FAIL_WRITE: BlockRange = BlockRange {
+    first: 1000,
+    last: 1009,
+};
+const DEMO_FAIL_READ: BlockRange = BlockRange {
+    first: 2000,
+    last: 2001,
+};
+
+/// Create (if absent) and format (if blank) the demo pair; return its paths.
+fn prepare_demo(out: &mut dyn Write) -> Result<(PathBuf, PathBuf), CliError> {
+    let dir = PathBuf::from(DEMO_DIR);
+    let demo_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::Demo { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(demo_err(&dir))?;
+    let main = dir.join("main.img");
+    let spare = dir.join("spare.img");
+    for (path, size) in [(&main, DEMO_MAIN_BYTES), (&spare, DEMO_SPARE_BYTES)] {
+        if !path.exists() {
+            // Sparse: takes no room until written.
+            std::fs::File::create_new(path)
+                .and_then(|f| f.set_len(size))
+                .map_err(demo_err(path))?;
+            writeln!(
+                out,
+                "created {} ({})",
+                path.display(),
+                crate::units::bytes(size)
+            )?;
+        }
     }
+    let pair = Pair::open(&main, &spare, Access::ReadOnly, Access::ReadWrite)?;
+    if pair.superblock()?.is_none() {
+        remap_meta::create(
+            &pair.spare,
+            pair.main.size_bytes(),
+            pair.identity,
+            &remap_meta::CreateOptions::default(),
+        )
+        .map_err(|source| CliError::Create {
+            path: spare.clone(),
+            source: Box::new(source),
+        })?;
+        writeln!(
+            out,
+            "formatted {} as the spare for {}",
+            spare.display(),
+            main.display()
+        )?;
+    }
+    Ok((main, spare))
 }
 
-type Device = RemapDevice<Arc<dyn BlockBackend>, Arc<FileBackend>>;
+/// What to type in another terminal, with offsets that hit the demo's failing blocks.
+fn print_demo_commands(
+    out: &mut dyn Write,
+    uri: &str,
+    block_size: u64,
+    fail_read: &BlockList,
+    fail_write: &BlockList,
+    main: &std::path::Path,
+    spare: &std::path::Path,
+) -> Result<(), CliError> {
+    writeln!(out, "try, from another terminal:")?;
+    writeln!(out, "  nbdinfo '{uri}'")?;
+    if let Some(lba) = fail_write.iter().next() {
+        let at = lba * block_size;
+        let len = fail_write.len().min(16) * block_size;
+        writeln!(
+            out,
+            "  qemu-io -f raw '{uri}' -c 'write -P 0xab {at} {len}' -c 'read -P 0xab {at} {len}'    # writes to failing blocks move them to the spare"
+        )?;
+    }
+    if let Some(lba) = fail_read.iter().next() {
+        let at = lba * block_size;
+        writeln!(
+            out,
+            "  qemu-io -f raw '{uri}' -c 'read {at} {block_size}'    # a failing read: EIO, never data; the block becomes pending"
+        )?;
+    }
+    writeln!(
+        out,
+        "  nbdinfo --map=remap:state '{uri}'    # 1 = remapped, 2 = pending"
+    )?;
+    writeln!(
+        out,
+        "then stop with Ctrl-C and look: remap dump {} {}",
+        main.display(),
+        spare.display()
+    )?;
+    Ok(())
+}
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let fail_read = BlockList::new(&args.fail_read);
@@ -122,12 +228,20 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             ),
         });
     }
-    let pair = Pair::open(
-        &args.pair.main,
-        &args.pair.spare,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    )?;
+    let (main, spare, fail_read, fail_write) = match (&args.main, &args.spare) {
+        (Some(m), Some(s)) if !args.demo => (m.clone(), s.clone(), fail_read, fail_write),
+        _ => {
+            let (m, s) = prepare_demo(out)?;
+            if fail_read.is_empty() && fail_write.is_empty() {
+                let demo_read = BlockList::new(&[DEMO_FAIL_READ]);
+                (m, s, demo_read, BlockList::new(&[DEMO_FAIL_WRITE]))
+            } else {
+                (m, s, fail_read, fail_write)
+            }
+        }
+    };
+    let injects_faults = !fail_read.is_empty() || !fail_write.is_empty() || args.flaky > 0.0;
+    let pair = Pair::open(&main, &spare, Access::ReadWrite, Access::ReadWrite)?;
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     // Fault lists are checked against the device before anything starts. Without a valid
     // superblock, opening the device below reports why.
@@ -143,7 +257,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 
     let mut faulty: Option<Arc<FaultyBackend<FileBackend>>> = None;
     let opened = pair.into_device_over(|main| -> Arc<dyn BlockBackend> {
-        if !args.injects_faults() {
+        if !injects_faults {
             return Arc::new(main);
         }
         let f = Arc::new(FaultyBackend::new(main, block_size.bytes_u64()));
@@ -223,6 +337,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     }
     for addr in server.local_addrs() {
         writeln!(out, "listening on {addr}")?;
+    }
+    if args.demo
+        && let Some(addr) = server.local_addrs().first()
+    {
+        print_demo_commands(
+            out,
+            &addr.to_string(),
+            device.block_size().bytes_u64(),
+            &fail_read,
+            &fail_write,
+            &main_path,
+            &spare_path,
+        )?;
     }
     out.flush()?;
 
