@@ -118,13 +118,10 @@ fn a_write_over_a_pending_block_remaps_it_and_reads_back() {
     assert_eq!(rig.dev.stats().pending_blocks, 0);
 }
 
+type LoggedDevice = RemapDevice<Arc<FaultyBackend<MemBackend>>, RecordingBackend<MemBackend>>;
+
 /// A device whose spare writes/flushes and whose commits all land in one log.
-fn logged_device(
-    log: &EventLog,
-) -> (
-    RemapDevice<Arc<FaultyBackend<MemBackend>>, RecordingBackend<MemBackend>>,
-    Arc<FaultyBackend<MemBackend>>,
-) {
+fn logged_device(log: &EventLog) -> (LoggedDevice, Arc<FaultyBackend<MemBackend>>) {
     let main = Arc::new(FaultyBackend::new(MemBackend::new(8 * BS as usize), SECTOR));
     let spare = RecordingBackend::new(MemBackend::new(4 * BS as usize), "spare", log.clone());
     let (store, _) = MemStore::new();
@@ -182,10 +179,7 @@ fn remap_order(events: &[Event], lba: u64, spare: u64) -> (usize, usize, usize) 
 
 #[test]
 fn the_mapping_is_committed_before_the_write_returns() {
-    type Op = fn(
-        &RemapDevice<Arc<FaultyBackend<MemBackend>>, RecordingBackend<MemBackend>>,
-        u64,
-    ) -> Result<(), DeviceError>;
+    type Op = fn(&LoggedDevice, u64) -> Result<(), DeviceError>;
     let ops: [(&str, Op); 3] = [
         ("write", |d, at| d.write(at, &pattern(1, BS as usize))),
         ("write_fua", |d, at| {
