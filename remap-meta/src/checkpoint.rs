@@ -43,7 +43,14 @@ pub struct Header {
 impl Header {
     pub fn encode(&self) -> [u8; META_BLOCK] {
         let mut b = [0u8; META_BLOCK];
-        let mut w = Writer(&mut b);
+        self.encode_into(&mut b);
+        b
+    }
+
+    /// [`Header::encode`] into a caller's 4 KiB buffer (kept off the kernel stack).
+    pub fn encode_into(&self, b: &mut [u8; META_BLOCK]) {
+        b.fill(0);
+        let mut w = Writer(b);
         w.bytes(0, &MAGIC);
         w.bytes(8, &self.uuid);
         w.u64(24, self.sequence);
@@ -57,8 +64,7 @@ impl Header {
             w.u64(O_COUNTERS + i * 8, *c);
         }
         let crc = crc32c(&b[..CRC_AT]);
-        Writer(&mut b).u32(CRC_AT, crc);
-        b
+        Writer(b).u32(CRC_AT, crc);
     }
 
     /// Decode a header. Total; checks only what the header alone can show.
@@ -206,7 +212,10 @@ where
         payload_crc: crc.finish(),
         counters: *view.counters,
     };
-    io.write(base, &header.encode())
+    // The piece buffer is free again: encode the header there, off the stack.
+    let block = crate::journal::heap_block(&mut piece[..META_BLOCK], region)?;
+    header.encode_into(block);
+    io.write(base, &block[..])
         .map_err(|source| CommitError::Write {
             offset: base,
             source,
@@ -243,7 +252,8 @@ where
     let region = Region::Checkpoint(area);
     let g = &sb.geometry;
     let base = g.checkpoint_offsets[usize::from(area & 1)];
-    let mut block = [0u8; META_BLOCK];
+    // On the heap: the kernel target runs this on a 16 KiB stack.
+    let mut block = alloc::vec![0u8; META_BLOCK];
     io.read(base, &mut block)
         .map_err(|source| LoadError::Read {
             area,

@@ -149,6 +149,23 @@ impl JournalBlock {
         records: &[Record],
         region: Region,
     ) -> Result<[u8; META_BLOCK], FormatError> {
+        let mut b = [0u8; META_BLOCK];
+        Self::encode_into(
+            uuid, sequence, commit_end, prev_crc, records, region, &mut b,
+        )?;
+        Ok(b)
+    }
+
+    /// [`JournalBlock::encode`] into a caller's 4 KiB buffer (kept off the kernel stack).
+    pub fn encode_into(
+        uuid: &[u8; 16],
+        sequence: u64,
+        commit_end: bool,
+        prev_crc: u32,
+        records: &[Record],
+        region: Region,
+        b: &mut [u8; META_BLOCK],
+    ) -> Result<(), FormatError> {
         if records.len() > RECORDS_PER_BLOCK {
             return Err(FormatError::BadField {
                 region,
@@ -156,9 +173,9 @@ impl JournalBlock {
                 value: records.len() as u64,
             });
         }
-        let mut b = [0u8; META_BLOCK];
+        b.fill(0);
         {
-            let mut w = Writer(&mut b);
+            let mut w = Writer(b);
             w.bytes(0, &MAGIC);
             w.bytes(8, uuid);
             w.u64(24, sequence);
@@ -171,13 +188,13 @@ impl JournalBlock {
             encode_record(rec, &mut b[at..at + RECORD_BYTES]);
         }
         let crc = crc32c(&b[..CRC_AT]);
-        Writer(&mut b).u32(CRC_AT, crc);
+        Writer(b).u32(CRC_AT, crc);
         // Pair assertion: what we write must read back as what we meant.
         debug_assert_eq!(
-            JournalBlock::decode(&b, region).map(|j| j.records.len()),
+            JournalBlock::decode(&b[..], region).map(|j| j.records.len()),
             Ok(records.len())
         );
-        Ok(b)
+        Ok(())
     }
 
     /// Decode a journal block. Total: any bytes give a block or a typed error.
@@ -370,21 +387,25 @@ impl Journal {
     {
         let ring = self.sb.geometry.journal_blocks;
         let mut prev_crc = 0u32;
+        // On the heap: the kernel target runs this on a 16 KiB stack.
+        let mut buf = alloc::vec![0u8; META_BLOCK];
+        let block = heap_block(&mut buf, Region::Journal(self.head))?;
         for (i, chunk) in records.chunks(RECORDS_PER_BLOCK).enumerate() {
             let i = i as u32;
             let position = (self.head + i) % ring;
-            let block = JournalBlock::encode(
+            JournalBlock::encode_into(
                 &self.sb.uuid,
                 self.next_sequence + u64::from(i),
                 i + 1 == n,
                 prev_crc,
                 chunk,
                 Region::Journal(position),
+                block,
             )?;
-            prev_crc = Reader(&block).u32(CRC_AT);
+            prev_crc = Reader(&block[..]).u32(CRC_AT);
             for copy in 0..2 {
                 let offset = self.sb.geometry.journal_block_offset(copy, position);
-                io.write(offset, &block)
+                io.write(offset, &block[..])
                     .map_err(|source| CommitError::Write { offset, source })?;
             }
         }
@@ -453,6 +474,20 @@ impl Journal {
     }
 }
 
+/// A 4 KiB heap buffer viewed as a block (the length is right by construction; the error
+/// keeps the conversion total).
+pub(crate) fn heap_block(
+    buf: &mut [u8],
+    region: Region,
+) -> Result<&mut [u8; META_BLOCK], FormatError> {
+    let len = buf.len();
+    buf.try_into().map_err(|_| FormatError::BadLength {
+        region,
+        len,
+        expected: META_BLOCK,
+    })
+}
+
 /// Write both superblock copies: A, flush, B, flush. A crash at any point leaves at least
 /// one copy that describes a complete state.
 pub fn write_superblocks<I: MetaIo>(
@@ -462,12 +497,15 @@ pub fn write_superblocks<I: MetaIo>(
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
 {
+    // On the heap: the kernel target runs this on a 16 KiB stack.
+    let mut buf = alloc::vec![0u8; META_BLOCK];
+    let bytes = heap_block(&mut buf, Region::SuperblockA)?;
     for (offset, region) in [
         (crate::layout::SUPERBLOCK_A, Region::SuperblockA),
         (crate::layout::SUPERBLOCK_B, Region::SuperblockB),
     ] {
-        let bytes = sb.encode(region)?;
-        io.write(offset, &bytes)
+        sb.encode_into(region, bytes)?;
+        io.write(offset, &bytes[..])
             .map_err(|source| CommitError::Write { offset, source })?;
         io.flush().map_err(CommitError::Flush)?;
     }

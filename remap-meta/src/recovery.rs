@@ -132,7 +132,8 @@ where
     .into_iter()
     .enumerate()
     {
-        let mut block = [0u8; META_BLOCK];
+        // On the heap: the kernel target runs this on a 16 KiB stack.
+        let mut block = alloc::vec![0u8; META_BLOCK];
         io.read(offset, &mut block)
             .map_err(|source| RecoverError::Read { region, source })?;
         out[i] = Superblock::decode(&block, region);

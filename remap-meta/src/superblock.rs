@@ -214,9 +214,17 @@ impl Superblock {
 
     /// The 4 KiB on-disk image. Refuses a superblock that would not decode.
     pub fn encode(&self, region: Region) -> Result<[u8; META_BLOCK], FormatError> {
-        self.validate(region)?;
         let mut b = [0u8; META_BLOCK];
-        let mut w = Writer(&mut b);
+        self.encode_into(region, &mut b)?;
+        Ok(b)
+    }
+
+    /// [`Superblock::encode`] into a caller's 4 KiB buffer, so that no-std callers (the
+    /// kernel target, whose stack is 16 KiB) can keep the image off the stack.
+    pub fn encode_into(&self, region: Region, b: &mut [u8; META_BLOCK]) -> Result<(), FormatError> {
+        self.validate(region)?;
+        b.fill(0);
+        let mut w = Writer(b);
         let g = &self.geometry;
         w.bytes(O_MAGIC, &MAGIC);
         w.u32(O_VERSION, VERSION);
@@ -255,8 +263,8 @@ impl Superblock {
         w.u64(O_SCRUB_PASSES, self.scrub_passes);
         w.bytes(O_IDENTITY, self.identity.value());
         let crc = crc32c(&b[..CRC_AT]);
-        Writer(&mut b).u32(CRC_AT, crc);
-        Ok(b)
+        Writer(b).u32(CRC_AT, crc);
+        Ok(())
     }
 
     /// Decode a superblock copy. Total: any bytes give a superblock or a typed error.
