@@ -107,6 +107,7 @@ impl Pair {
     /// Read the spare's whole state without writing anything, and check that the main
     /// device is the one the spare was formatted for.
     pub fn inspect(&self) -> Result<Recovered, CliError> {
+        self.refuse_tiny_spare()?;
         let rec = remap_meta::inspect(&self.spare).map_err(|e| self.metadata_error(e))?;
         self.check_main(&rec.superblock)?;
         Ok(rec)
@@ -114,12 +115,26 @@ impl Pair {
 
     /// The superblock copy recovery would use, if any, without reading further.
     pub fn superblock(&self) -> Result<Option<Superblock>, CliError> {
+        self.refuse_tiny_spare()?;
         let copies =
             read_superblocks(&mut BackendIo(&self.spare)).map_err(|e| CliError::Check {
                 path: self.spare_path.clone(),
                 source: Box::new(MetaError::Recover(e)),
             })?;
         Ok(choose_superblock(&copies).ok().map(|(_, sb)| sb))
+    }
+
+    /// A spare smaller than the two superblock copies cannot hold metadata; say so rather
+    /// than report a read past its end.
+    fn refuse_tiny_spare(&self) -> Result<(), CliError> {
+        let size = self.spare.size_bytes();
+        if size < 2 * remap_meta::META_BLOCK as u64 {
+            return Err(CliError::TooSmallForMetadata {
+                path: self.spare_path.clone(),
+                size,
+            });
+        }
+        Ok(())
     }
 
     /// Refuse a main device of another size or identity than the spare was formatted for.
@@ -144,6 +159,7 @@ impl Pair {
         self,
         wrap: impl FnOnce(FileBackend) -> M,
     ) -> Result<OpenedDevice<M, FileBackend>, CliError> {
+        self.refuse_tiny_spare()?;
         let Pair {
             main,
             spare,

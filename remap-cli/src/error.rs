@@ -71,6 +71,14 @@ pub enum CliError {
         source: Box<MetaError>,
     },
 
+    /// The main device has no blocks to protect.
+    #[error("{}: the main device is empty (0 bytes)", path.display())]
+    EmptyMain { path: PathBuf },
+
+    /// The spare device is smaller than the two superblocks, so it cannot hold metadata.
+    #[error("{}: holds no remap metadata: it is {size} bytes, smaller than the two 4 KiB superblocks", path.display())]
+    TooSmallForMetadata { path: PathBuf, size: u64 },
+
     /// The spare device cannot hold the metadata and one spare block.
     #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (two superblocks, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
     SpareTooSmall {

@@ -732,3 +732,25 @@ fn check_of_an_unformatted_spare_fails_without_writing() {
     assert_eq!(code(&o), 1);
     assert!(assert_one_line_error(&o).contains("never invents a table"));
 }
+
+#[test]
+fn degenerate_devices_get_plain_refusals() {
+    // A spare smaller than the superblocks.
+    let p = Pair::sized(MAIN_SIZE, 100);
+    for cmd in ["status", "dump", "check", "map"] {
+        let extra: &[&str] = if cmd == "map" { &["1"] } else { &[] };
+        let o = p.run_unchanged(&[cmd], extra);
+        assert_eq!(code(&o), 1, "{cmd}");
+        let err = assert_one_line_error(&o);
+        assert!(
+            err.contains("holds no remap metadata") && err.contains("100 bytes"),
+            "{err}"
+        );
+    }
+    // An empty main device: nothing to protect, nothing formatted.
+    let p = Pair::sized(0, SPARE_SIZE);
+    let o = p.run_unchanged(&["create"], &[]);
+    assert_eq!(code(&o), 1);
+    let err = assert_one_line_error(&o);
+    assert!(err.contains(p.m()) && err.contains("empty"), "{err}");
+}

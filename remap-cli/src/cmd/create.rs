@@ -131,9 +131,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         Access::ReadOnly,
         Access::ReadWrite,
     )?;
-    if args.force {
-        warn_about_lost_remaps(&pair);
-    }
+    let lost = if args.force {
+        remapped_blocks_held(&pair)
+    } else {
+        0
+    };
     let opts = CreateOptions {
         block_size: args.block_size,
         journal_blocks: args.journal_blocks,
@@ -144,6 +146,13 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let sb = remap_meta::create(&pair.spare, pair.main.size_bytes(), pair.identity, &opts)
         .map_err(|source| create_error(&pair, &opts, source))?;
     tracing::info!(spare = %pair.spare_path.display(), pool_blocks = sb.geometry.pool_blocks, "spare formatted");
+    if lost > 0 {
+        eprintln!(
+            "remap: warning: {}: formatted over a table with {lost} remapped block(s); \
+             their data lived only on the spare and is lost",
+            pair.spare_path.display()
+        );
+    }
     report(&pair, &sb, args.json, out)
 }
 
@@ -151,6 +160,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 /// needed when even the metadata does not fit (it reports `u64::MAX`), so the minimum is
 /// asked of the same planner with room to spare: the metadata end plus one spare block.
 fn create_error(pair: &Pair, opts: &CreateOptions, source: MetaError) -> CliError {
+    if let MetaError::Plan(PlanError::EmptyMain) = &source {
+        return CliError::EmptyMain {
+            path: pair.main_path.clone(),
+        };
+    }
     if let MetaError::Plan(PlanError::SpareTooSmall { spare_size, .. }) = &source {
         let journal_blocks = opts
             .journal_blocks
@@ -177,19 +191,10 @@ fn create_error(pair: &Pair, opts: &CreateOptions, source: MetaError) -> CliErro
     }
 }
 
-/// `--force` over live metadata destroys the only copy of every remapped block's data: say
-/// how many before doing it.
-fn warn_about_lost_remaps(pair: &Pair) {
-    if let Ok(rec) = remap_meta::inspect(&pair.spare) {
-        let remapped = rec.table.remapped_count();
-        if remapped > 0 {
-            eprintln!(
-                "remap: warning: {}: formatting over a table with {remapped} remapped block(s); \
-                 their data lives only on the spare and is lost",
-                pair.spare_path.display()
-            );
-        }
-    }
+/// Remapped blocks in the table `--force` is about to destroy: their data lives only on the
+/// spare, so the user is told how many were lost.
+fn remapped_blocks_held(pair: &Pair) -> usize {
+    remap_meta::inspect(&pair.spare).map_or(0, |rec| rec.table.remapped_count())
 }
 
 fn report(pair: &Pair, sb: &Superblock, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
