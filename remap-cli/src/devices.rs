@@ -117,7 +117,7 @@ impl Pair {
     pub fn superblock(&self) -> Result<Option<Superblock>, CliError> {
         self.refuse_tiny_spare()?;
         let copies =
-            read_superblocks(&mut BackendIo(&self.spare)).map_err(|e| CliError::Check {
+            read_superblocks(&mut BackendIo(&self.spare)).map_err(|e| CliError::Inspect {
                 path: self.spare_path.clone(),
                 source: Box::new(MetaError::Recover(e)),
             })?;
