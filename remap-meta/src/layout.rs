@@ -113,15 +113,15 @@ impl Geometry {
         if main_size == 0 {
             return Err(PlanError::EmptyMain);
         }
-        let build = |pool: u64| -> Option<Geometry> {
+        // The layout for a pool of `pool` blocks, whether or not it fits.
+        let layout = |pool: u64| -> Option<Geometry> {
             let capacity = Self::capacity_for(pool);
             let area = Self::area_bytes_for(capacity, pool)?;
             let ck0 = JOURNAL_OFFSET.checked_add(2 * u64::from(journal_blocks) * META)?;
             let ck1 = ck0.checked_add(area)?;
             let meta_end = ck1.checked_add(area)?;
             let pool_offset = align_up(meta_end, block_size.bytes_u64().max(META))?;
-            let end = pool_offset.checked_add(pool.checked_mul(block_size.bytes_u64())?)?;
-            (end <= spare_size).then_some(Geometry {
+            Some(Geometry {
                 block_size,
                 main_size,
                 spare_size,
@@ -133,15 +133,19 @@ impl Geometry {
                 table_capacity: capacity,
             })
         };
+        let end = |g: &Geometry| {
+            g.pool_blocks
+                .checked_mul(block_size.bytes_u64())
+                .and_then(|b| b.checked_add(g.pool_offset))
+        };
+        let build = |pool: u64| layout(pool).filter(|g| end(g).is_some_and(|e| e <= spare_size));
         // The largest pool that fits: monotone, so a binary search.
         let (mut lo, mut hi) = (
             0u64,
             (spare_size / block_size.bytes_u64()).min(MAX_POOL_BLOCKS),
         );
         if build(1).is_none() {
-            let needed = build(0).map_or(u64::MAX, |g| {
-                g.pool_offset.saturating_add(block_size.bytes_u64())
-            });
+            let needed = layout(1).as_ref().and_then(end).unwrap_or(u64::MAX);
             return Err(PlanError::SpareTooSmall { spare_size, needed });
         }
         while lo < hi {
@@ -253,6 +257,23 @@ mod tests {
             );
             assert_eq!(g.table_capacity, Geometry::capacity_for(g.pool_blocks));
         }
+    }
+
+    #[test]
+    fn too_small_names_the_size_needed() {
+        let err = Geometry::plan(8192, 1 << 20, bs(4096), 4, None).unwrap_err();
+        let PlanError::SpareTooSmall { needed, .. } = err else {
+            panic!("{err}");
+        };
+        assert!(needed > 8192 && needed < 1 << 20, "{needed}");
+        // Exactly that much is enough, one byte less is not.
+        assert_eq!(
+            Geometry::plan(needed, 1 << 20, bs(4096), 4, None)
+                .unwrap()
+                .pool_blocks,
+            1
+        );
+        assert!(Geometry::plan(needed - 1, 1 << 20, bs(4096), 4, None).is_err());
     }
 
     #[test]

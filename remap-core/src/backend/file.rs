@@ -122,8 +122,10 @@ impl FileBackend {
         if opts.direct {
             flags |= rustix::fs::OFlags::DIRECT.bits() as i32;
         }
-        if opts.exclusive && block_device {
+        if opts.exclusive && block_device && !opts.read_only {
             // O_EXCL on a block device: fails with EBUSY if mounted or opened O_EXCL elsewhere.
+            // Readers only take the shared lock, so two readers (or a reader of a mounted
+            // disk) are not refused.
             flags |= rustix::fs::OFlags::EXCL.bits() as i32;
         }
         let file = std::fs::OpenOptions::new()
@@ -438,7 +440,10 @@ mod tests {
             OpenError::InUse { holder, .. } => assert_eq!(*holder, Some(std::process::id())),
             other => panic!("expected InUse, got {other}"),
         }
-        assert!(err.to_string().contains(&format!("pid {}", std::process::id())));
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id()))
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub use crate::backend::crash::{CrashBackend, Survival};
 pub use crate::backend::faulty::FaultyBackend;
 pub use crate::clock::ManualClock;
 
+#[cfg(feature = "model")]
 pub mod model;
 
 /// Something that happened, in order.
