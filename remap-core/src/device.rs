@@ -25,7 +25,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
@@ -36,7 +36,7 @@ use crate::health::{HealthInputs, HealthReport, HealthThresholds, evaluate};
 use crate::record::{self, ApplyError, Record, RemapCause};
 use crate::spare::{SpareAllocator, SpareError};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{EngineView, MetaStore, StoreError};
+use crate::store::{EngineView, MetaStore, Settings, StoreError};
 use crate::table::{Entry, RemapTable, Segment, TableError};
 
 /// The most read retries a configuration may ask for.
@@ -92,9 +92,13 @@ pub enum DeviceError {
         #[source]
         source: IoError,
     },
-    #[error("block {lba} is pending: its data could not be read; a write covering the whole block restores it")]
+    #[error(
+        "block {lba} is pending: its data could not be read; a write covering the whole block restores it"
+    )]
     Pending { lba: u64 },
-    #[error("block {lba}: spare block {spare} failed a read and was retired; the block is pending: {source}")]
+    #[error(
+        "block {lba}: spare block {spare} failed a read and was retired; the block is pending: {source}"
+    )]
     SpareReadFailed {
         lba: u64,
         spare: u64,
@@ -105,7 +109,9 @@ pub enum DeviceError {
     SpareExhausted { lba: u64, pool: u64 },
     #[error("block {lba}: the remap table is full ({capacity} entries)")]
     TableFull { lba: u64, capacity: usize },
-    #[error("block {lba}: partial write to a block that must move, and the rest of the block cannot be read")]
+    #[error(
+        "block {lba}: partial write to a block that must move, and the rest of the block cannot be read"
+    )]
     PartialWriteUnreadable { lba: u64 },
     #[error("block {lba}: no spare block accepted the write after {attempts} attempts")]
     SpareWritesFailed { lba: u64, attempts: u32 },
@@ -199,8 +205,10 @@ pub struct RemapDevice<M, S> {
     poisoned: AtomicBool,
     stats: Stats,
     clock: Arc<dyn Clock>,
-    read_retries: u32,
+    read_retries: AtomicU32,
     thresholds: RwLock<HealthThresholds>,
+    /// Put a block that follows a remapped block on the next spare block (runs stay runs).
+    contiguous_spares: AtomicBool,
 }
 
 impl<M, S> std::fmt::Debug for RemapDevice<M, S> {
@@ -296,7 +304,8 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             poisoned: AtomicBool::new(false),
             stats,
             clock,
-            read_retries: config.read_retries,
+            read_retries: AtomicU32::new(config.read_retries),
+            contiguous_spares: AtomicBool::new(true),
             thresholds: RwLock::new(config.thresholds),
         };
         device.update_gauges(&device.engine.read());
@@ -340,7 +349,10 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Byte range of block `lba` on main (the last block may be short).
     fn block_span(&self, lba: u64) -> (u64, u64) {
         let start = lba << self.block_size.shift();
-        (start, self.block_size.bytes_u64().min(self.size_bytes - start))
+        (
+            start,
+            self.block_size.bytes_u64().min(self.size_bytes - start),
+        )
     }
 
     fn spare_byte(&self, spare: u64) -> u64 {
@@ -440,7 +452,8 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             .store(e.table.remapped_count() as u64, Ordering::Relaxed);
         s.spares_total
             .store(e.spares.pool_blocks(), Ordering::Relaxed);
-        s.spares_used.store(e.spares.used_count(), Ordering::Relaxed);
+        s.spares_used
+            .store(e.spares.used_count(), Ordering::Relaxed);
         s.spares_retired
             .store(e.spares.retired_count(), Ordering::Relaxed);
     }
@@ -540,7 +553,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                 Err(e) => {
                     Stats::bump(errors);
                     failed = true;
-                    if attempt >= self.read_retries {
+                    if attempt >= self.read_retries.load(Ordering::Relaxed) {
                         return Err(e);
                     }
                     attempt += 1;
@@ -560,8 +573,12 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             let engine = self.engine.read();
             match engine.table.get(lba) {
                 None => {
-                    match self.read_retrying(&self.main, at, &mut buf[range], &self.stats.main_read_errors)
-                    {
+                    match self.read_retrying(
+                        &self.main,
+                        at,
+                        &mut buf[range],
+                        &self.stats.main_read_errors,
+                    ) {
                         Ok(()) => {}
                         Err(e) if !e.is_media() => return Err(e.into()),
                         Err(e) => failures.push((lba, ReadFailure::Main(e))),
@@ -632,7 +649,11 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                         Record::SpareRetired { spare, lba, .. } => {
                             Stats::bump(&self.stats.spares_retired_events);
                             Stats::bump(&self.stats.pending_marked);
-                            tracing::warn!(spare, lba, "spare block failed a read; retired, block pending");
+                            tracing::warn!(
+                                spare,
+                                lba,
+                                "spare block failed a read; retired, block pending"
+                            );
                         }
                         _ => {}
                     }
@@ -645,7 +666,9 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         };
         Err(match f {
             ReadFailure::Main(source) => DeviceError::ReadFailed { lba, source },
-            ReadFailure::Spare(spare, source) => DeviceError::SpareReadFailed { lba, spare, source },
+            ReadFailure::Spare(spare, source) => {
+                DeviceError::SpareReadFailed { lba, spare, source }
+            }
             ReadFailure::Pending => DeviceError::Pending { lba },
         })
     }
@@ -736,7 +759,11 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                 // Raced with a table change: write again under the lock, where it belongs.
                 Ok(()) => {}
                 Err(e) if !e.is_media() => return Err(e.into()),
-                Err(_) => return self.write_isolating(offset, buf, fua).map(|()| Route::Remapped),
+                Err(_) => {
+                    return self
+                        .write_isolating(offset, buf, fua)
+                        .map(|()| Route::Remapped);
+                }
             }
         }
         let len = buf.len() as u64;
@@ -786,7 +813,8 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                 }
             }
         }
-        self.write_isolating(offset, buf, fua).map(|()| Route::Remapped)
+        self.write_isolating(offset, buf, fua)
+            .map(|()| Route::Remapped)
     }
 
     /// The careful write: block by block; blocks that fail (or are pending) move to spares.
@@ -874,9 +902,11 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             if !whole {
                 let source: Option<(&dyn BlockBackend, u64, &AtomicU64)> = match current {
                     None => Some((&self.main, at - inner as u64, &self.stats.main_read_errors)),
-                    Some(Entry {
-                        spare: Some(s), ..
-                    }) => Some((&self.spare, self.spare_byte(s), &self.stats.spare_read_errors)),
+                    Some(Entry { spare: Some(s), .. }) => Some((
+                        &self.spare,
+                        self.spare_byte(s),
+                        &self.stats.spare_read_errors,
+                    )),
                     Some(e) if e.main_is_current() => {
                         Some((&self.main, at - inner as u64, &self.stats.main_read_errors))
                     }
@@ -895,9 +925,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                     // The rest of the block is unreadable: the block becomes (or stays) pending.
                     let rec = match current {
                         None => Some(Record::Pending { lba, time_s: now }),
-                        Some(Entry {
-                            spare: Some(s), ..
-                        }) => Some(Record::SpareRetired {
+                        Some(Entry { spare: Some(s), .. }) => Some(Record::SpareRetired {
                             spare: s,
                             lba: Some(lba),
                             time_s: now,
@@ -916,10 +944,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             }
             block[inner..inner + range.len()].copy_from_slice(&buf[range]);
             // Contiguity: follow the spare of the block before, if it has one.
-            let hint = lba
-                .checked_sub(1)
-                .and_then(|p| engine.table.get(p))
-                .and_then(|e| e.spare);
+            let hint = self.spare_hint(&engine.table, lba);
             let mut moved = false;
             for _ in 0..MAX_SPARE_ATTEMPTS {
                 let spare = match engine.spares.next_free(hint) {
@@ -1189,10 +1214,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             }
             block.fill(0);
         }
-        let hint = lba
-            .checked_sub(1)
-            .and_then(|p| engine.table.get(p))
-            .and_then(|e| e.spare);
+        let hint = self.spare_hint(&engine.table, lba);
         let now = self.clock.now_s() as u32;
         let mut records = Vec::new();
         let mut chosen = None;
@@ -1283,7 +1305,9 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             .read_at(start, &mut check)
             .map_err(|e| still_failing(e.to_string()))?;
         if check != block {
-            return Err(still_failing("data read back differs from data written".into()));
+            return Err(still_failing(
+                "data read back differs from data written".into(),
+            ));
         }
         let rec = Record::Unmap {
             lba,
@@ -1327,6 +1351,94 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         self.checkpoint()
     }
 
+    // ----- allocation policy, scrub, settings -----
+
+    /// Where to look first for a spare for block `lba`: right after the spare of the block
+    /// before it, so a run of bad blocks lands on a run of spare blocks and reads of it stay
+    /// one spare I/O. `None` (lowest free block) when contiguity is off.
+    fn spare_hint(&self, table: &RemapTable, lba: u64) -> Option<u64> {
+        if !self.contiguous_spares.load(Ordering::Relaxed) {
+            return None;
+        }
+        lba.checked_sub(1)
+            .and_then(|p| table.get(p))
+            .and_then(|e| e.spare)
+    }
+
+    /// Choose the spare allocation policy: contiguous (the default) or always the lowest free
+    /// block. For measuring what contiguity buys.
+    pub fn set_contiguous_spares(&self, on: bool) {
+        self.contiguous_spares.store(on, Ordering::Relaxed);
+    }
+
+    /// A scrub read: read `buf.len()` bytes at `offset` from wherever the blocks live, with
+    /// the same isolation, retries and pending marks as a client read, but counted as scrub
+    /// work, not as client I/O. Never writes user data. On error, the blocks that could not
+    /// be read are pending (see [`entries`](Self::entries)).
+    pub fn scrub_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        check_range(IoOp::Read, offset, buf.len() as u64, self.size_bytes)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let r = self.read_routed(offset, buf).map(|_| ());
+        match &r {
+            Ok(()) => {
+                self.stats
+                    .scrubbed_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => Stats::bump(&self.stats.scrub_errors),
+        }
+        r
+    }
+
+    /// The persisted settings (thresholds, read retries, scrub progress), or the device's
+    /// own if its store keeps none.
+    pub fn settings(&self) -> Settings {
+        self.store.lock().settings().unwrap_or(Settings {
+            thresholds: self.thresholds(),
+            read_retries: self.read_retries.load(Ordering::Relaxed),
+            scrub_cursor: 0,
+            scrub_passes: 0,
+        })
+    }
+
+    /// Change settings: validated, made durable by the store, then applied.
+    pub fn update_settings(
+        &self,
+        change: impl FnOnce(&mut Settings),
+    ) -> Result<Settings, DeviceError> {
+        let mut store = self.store.lock();
+        let mut s = store.settings().unwrap_or(Settings {
+            thresholds: self.thresholds(),
+            read_retries: self.read_retries.load(Ordering::Relaxed),
+            scrub_cursor: 0,
+            scrub_passes: 0,
+        });
+        change(&mut s);
+        s.thresholds
+            .validate()
+            .map_err(|e| DeviceError::Config(e.to_string()))?;
+        if s.read_retries > MAX_READ_RETRIES {
+            return Err(DeviceError::Config(format!(
+                "read retries {} is above the limit of {MAX_READ_RETRIES}",
+                s.read_retries
+            )));
+        }
+        if s.scrub_cursor > self.blocks {
+            return Err(DeviceError::BlockOutOfRange {
+                lba: s.scrub_cursor,
+                blocks: self.blocks,
+            });
+        }
+        store
+            .save_settings(&s)
+            .map_err(|source| DeviceError::MetadataFailed { source })?;
+        *self.thresholds.write() = s.thresholds;
+        self.read_retries.store(s.read_retries, Ordering::Relaxed);
+        Ok(s)
+    }
+
     // ----- inspection -----
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -1343,13 +1455,17 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     }
 
     pub fn set_thresholds(&self, t: HealthThresholds) -> Result<(), DeviceError> {
-        t.validate().map_err(|e| DeviceError::Config(e.to_string()))?;
+        t.validate()
+            .map_err(|e| DeviceError::Config(e.to_string()))?;
         *self.thresholds.write() = t;
         Ok(())
     }
 
     pub fn health(&self) -> HealthReport {
-        evaluate(&HealthInputs::from_snapshot(&self.stats()), &self.thresholds())
+        evaluate(
+            &HealthInputs::from_snapshot(&self.stats()),
+            &self.thresholds(),
+        )
     }
 
     /// The entry for block `lba`.

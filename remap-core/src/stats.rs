@@ -40,6 +40,10 @@ pub struct Stats {
     pub spares_retired_events: AtomicU64,
     /// Metadata commits (each one a journal write and a flush in `remap-meta`).
     pub commits: AtomicU64,
+    /// Bytes read by scrubs (not counted as client reads).
+    pub scrubbed_bytes: AtomicU64,
+    /// Scrub reads that found unreadable blocks.
+    pub scrub_errors: AtomicU64,
     // Gauges, set by the engine whenever the table or pool changes.
     pub pending_blocks: AtomicU64,
     pub remapped_blocks: AtomicU64,
@@ -118,7 +122,10 @@ pub struct LatencySnapshot {
 }
 
 #[cfg(feature = "std")]
-fn serialize_buckets<S: serde::Serializer>(b: &[u64; LATENCY_BUCKETS], s: S) -> Result<S::Ok, S::Error> {
+fn serialize_buckets<S: serde::Serializer>(
+    b: &[u64; LATENCY_BUCKETS],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_seq(b.iter())
 }
 
@@ -213,6 +220,8 @@ snapshot_struct!(
     pending_marked,
     spares_retired_events,
     commits,
+    scrubbed_bytes,
+    scrub_errors,
     pending_blocks,
     remapped_blocks,
     spares_total,
@@ -252,6 +261,8 @@ impl Stats {
             &self.pending_marked,
             &self.spares_retired_events,
             &self.commits,
+            &self.scrubbed_bytes,
+            &self.scrub_errors,
         ] {
             c.store(0, Relaxed);
         }

@@ -18,6 +18,17 @@ pub struct EngineView<'a> {
     pub stats: &'a StatsSnapshot,
 }
 
+/// Settings kept beside the table: health thresholds, read retries and scrub progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Settings {
+    pub thresholds: crate::health::HealthThresholds,
+    pub read_retries: u32,
+    /// Next block a scrub reads; a scrub resumes here.
+    pub scrub_cursor: u64,
+    /// Completed scrub passes.
+    pub scrub_passes: u64,
+}
+
 /// Why a store could not make records durable.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,6 +56,17 @@ pub trait MetaStore: Send {
     fn sequence(&self) -> u64 {
         0
     }
+
+    /// The persisted settings, if the store keeps any.
+    fn settings(&self) -> Option<Settings> {
+        None
+    }
+
+    /// Persist new settings durably.
+    fn save_settings(&mut self, settings: &Settings) -> Result<(), StoreError> {
+        let _ = settings;
+        Err(StoreError::Refused("this store keeps no settings".into()))
+    }
 }
 
 impl<T: MetaStore + ?Sized> MetaStore for Box<T> {
@@ -56,5 +78,11 @@ impl<T: MetaStore + ?Sized> MetaStore for Box<T> {
     }
     fn sequence(&self) -> u64 {
         (**self).sequence()
+    }
+    fn settings(&self) -> Option<Settings> {
+        (**self).settings()
+    }
+    fn save_settings(&mut self, settings: &Settings) -> Result<(), StoreError> {
+        (**self).save_settings(settings)
     }
 }

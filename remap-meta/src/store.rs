@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use remap_core::record::Record;
-use remap_core::store::{EngineView, MetaStore, StoreError};
+use remap_core::store::{EngineView, MetaStore, Settings, StoreError};
 use remap_core::{BlockBackend, IoError};
 
 use crate::counters;
@@ -63,5 +63,27 @@ impl<S: BlockBackend> MetaStore for JournalStore<S> {
 
     fn sequence(&self) -> u64 {
         self.journal.next_sequence().saturating_sub(1)
+    }
+
+    fn settings(&self) -> Option<Settings> {
+        let sb = self.journal.superblock();
+        Some(Settings {
+            thresholds: sb.thresholds,
+            read_retries: sb.read_retries,
+            scrub_cursor: sb.scrub_cursor,
+            scrub_passes: sb.scrub_passes,
+        })
+    }
+
+    /// Both superblock copies are rewritten (A, flush, B, flush).
+    fn save_settings(&mut self, s: &Settings) -> Result<(), StoreError> {
+        self.journal
+            .update_superblock(&mut BackendIo(&*self.spare), |sb| {
+                sb.thresholds = s.thresholds;
+                sb.read_retries = s.read_retries;
+                sb.scrub_cursor = s.scrub_cursor;
+                sb.scrub_passes = s.scrub_passes;
+            })
+            .map_err(store_error)
     }
 }

@@ -132,3 +132,42 @@ fn pending_and_retired_state_survive_reopen() {
         "the checkpoint holds everything; no journal since"
     );
 }
+
+#[test]
+fn settings_are_persisted_in_both_superblocks() {
+    let spare = Arc::new(MemBackend::new(SPARE));
+    create(&*spare, MAIN as u64, DeviceIdentity::NONE, &opts()).unwrap();
+    let dev = open(
+        MemBackend::new(MAIN),
+        spare.clone(),
+        &DeviceIdentity::NONE,
+        clock(),
+    )
+    .unwrap()
+    .device;
+    let before = inspect(&*spare).unwrap().superblock.sequence;
+    let s = dev
+        .update_settings(|s| {
+            s.thresholds.pending_critical = 7;
+            s.read_retries = 5;
+            s.scrub_cursor = 99;
+            s.scrub_passes = 2;
+        })
+        .unwrap();
+    assert_eq!(dev.thresholds().pending_critical, 7);
+    // Bad settings are refused and change nothing.
+    let err = dev
+        .update_settings(|s| s.thresholds.pending_degraded = 100)
+        .unwrap_err();
+    assert!(err.to_string().contains("pending"), "{err}");
+    assert!(dev.update_settings(|s| s.scrub_cursor = u64::MAX).is_err());
+    drop(dev);
+    let rec = inspect(&*spare).unwrap();
+    assert_eq!(rec.superblock.sequence, before + 1);
+    assert!(rec.report.superblocks_agree);
+    let dev = open(MemBackend::new(MAIN), spare, &DeviceIdentity::NONE, clock())
+        .unwrap()
+        .device;
+    assert_eq!(dev.settings(), s);
+    assert_eq!(dev.thresholds().pending_critical, 7);
+}

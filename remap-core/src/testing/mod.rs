@@ -115,6 +115,7 @@ impl<B: BlockBackend> BlockBackend for RecordingBackend<B> {
 #[derive(Debug, Default)]
 struct MemStoreState {
     records: Vec<Record>,
+    settings: Option<crate::store::Settings>,
     checkpoints: u64,
     fail_commits: bool,
 }
@@ -216,6 +217,19 @@ impl MetaStore for MemStore {
 
     fn sequence(&self) -> u64 {
         self.shared.lock().records.len() as u64
+    }
+
+    fn settings(&self) -> Option<crate::store::Settings> {
+        self.shared.lock().settings
+    }
+
+    fn save_settings(&mut self, settings: &crate::store::Settings) -> Result<(), StoreError> {
+        let mut st = self.shared.lock();
+        if st.fail_commits {
+            return Err(StoreError::Refused("injected commit failure".into()));
+        }
+        st.settings = Some(*settings);
+        Ok(())
     }
 }
 
