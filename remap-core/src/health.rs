@@ -104,7 +104,11 @@ impl HealthThresholds {
                 u64::from(self.spare_used_degraded_pct),
                 u64::from(self.spare_used_critical_pct),
             ),
-            ("pending blocks", self.pending_degraded, self.pending_critical),
+            (
+                "pending blocks",
+                self.pending_degraded,
+                self.pending_critical,
+            ),
         ] {
             if d > c {
                 return Err(ThresholdError::Inverted {
@@ -133,12 +137,24 @@ impl HealthReasons {
 
     const NAMES: [(HealthReasons, &'static str); 7] = [
         (Self::ERROR_RATE, "error rate above the degraded threshold"),
-        (Self::ERROR_RATE_CRITICAL, "error rate above the critical threshold"),
-        (Self::SPARE_USE, "spare pool use above the degraded threshold"),
-        (Self::SPARE_USE_CRITICAL, "spare pool use above the critical threshold"),
+        (
+            Self::ERROR_RATE_CRITICAL,
+            "error rate above the critical threshold",
+        ),
+        (
+            Self::SPARE_USE,
+            "spare pool use above the degraded threshold",
+        ),
+        (
+            Self::SPARE_USE_CRITICAL,
+            "spare pool use above the critical threshold",
+        ),
         (Self::SPARE_EXHAUSTED, "spare pool exhausted"),
         (Self::PENDING, "unreadable blocks pending"),
-        (Self::PENDING_CRITICAL, "pending blocks above the critical threshold"),
+        (
+            Self::PENDING_CRITICAL,
+            "pending blocks above the critical threshold",
+        ),
     ];
 
     pub fn contains(self, other: HealthReasons) -> bool {
@@ -299,20 +315,41 @@ mod tests {
     #[test]
     fn verdicts_follow_thresholds() {
         let t = HealthThresholds::default();
-        assert_eq!(evaluate(&inputs(0, 0, 100, 0, 0), &t).state, HealthState::Healthy);
+        assert_eq!(
+            evaluate(&inputs(0, 0, 100, 0, 0), &t).state,
+            HealthState::Healthy
+        );
         // One error in ten I/Os is ignored below min_ios_for_rate...
-        assert_eq!(evaluate(&inputs(1, 10, 100, 0, 0), &t).state, HealthState::Healthy);
+        assert_eq!(
+            evaluate(&inputs(1, 10, 100, 0, 0), &t).state,
+            HealthState::Healthy
+        );
         // ...but judged above it: 1 in 5000 = 200 ppm.
         let r = evaluate(&inputs(1, 5_000, 100, 0, 0), &t);
         assert_eq!((r.state, r.error_rate_ppm), (HealthState::Degraded, 200));
         assert!(r.reasons.contains(HealthReasons::ERROR_RATE));
-        assert_eq!(evaluate(&inputs(100, 5_000, 100, 0, 0), &t).state, HealthState::Critical);
-        assert_eq!(evaluate(&inputs(0, 0, 100, 50, 0), &t).state, HealthState::Degraded);
-        assert_eq!(evaluate(&inputs(0, 0, 100, 90, 0), &t).state, HealthState::Critical);
+        assert_eq!(
+            evaluate(&inputs(100, 5_000, 100, 0, 0), &t).state,
+            HealthState::Critical
+        );
+        assert_eq!(
+            evaluate(&inputs(0, 0, 100, 50, 0), &t).state,
+            HealthState::Degraded
+        );
+        assert_eq!(
+            evaluate(&inputs(0, 0, 100, 90, 0), &t).state,
+            HealthState::Critical
+        );
         let r = evaluate(&inputs(0, 0, 100, 100, 0), &t);
         assert!(r.reasons.contains(HealthReasons::SPARE_EXHAUSTED));
-        assert_eq!(evaluate(&inputs(0, 0, 100, 0, 1), &t).state, HealthState::Degraded);
-        assert_eq!(evaluate(&inputs(0, 0, 100, 0, 64), &t).state, HealthState::Critical);
+        assert_eq!(
+            evaluate(&inputs(0, 0, 100, 0, 1), &t).state,
+            HealthState::Degraded
+        );
+        assert_eq!(
+            evaluate(&inputs(0, 0, 100, 0, 64), &t).state,
+            HealthState::Critical
+        );
     }
 
     #[test]

@@ -310,7 +310,18 @@ mod tests {
         let (mut t, mut s) = state();
         assert!(apply(&mut t, &mut s, 100, &Record::Unmap { lba: 1, time_s: 0 }).is_err());
         assert!(apply(&mut t, &mut s, 100, &Record::Clear { lba: 1, time_s: 0 }).is_err());
-        assert!(apply(&mut t, &mut s, 100, &Record::Pending { lba: 100, time_s: 0 }).is_err());
+        assert!(
+            apply(
+                &mut t,
+                &mut s,
+                100,
+                &Record::Pending {
+                    lba: 100,
+                    time_s: 0
+                }
+            )
+            .is_err()
+        );
         assert!(
             apply(
                 &mut t,

@@ -236,7 +236,9 @@ impl SpareAllocator {
         if used != self.used_count || retired != self.retired_count {
             return Err("counts out of sync with bitmaps");
         }
-        if (0..self.low_free.min(self.pool_blocks)).any(|i| !bit(&self.used, i) && !bit(&self.retired, i)) {
+        if (0..self.low_free.min(self.pool_blocks))
+            .any(|i| !bit(&self.used, i) && !bit(&self.retired, i))
+        {
             return Err("a free block lies below the low-free hint");
         }
         Ok(())

@@ -335,11 +335,7 @@ impl RemapTable {
 
     fn count(&mut self, e: &Entry, add: bool) {
         let delta = |n: &mut usize| {
-            if add {
-                *n += 1
-            } else {
-                *n -= 1
-            }
+            if add { *n += 1 } else { *n -= 1 }
         };
         if e.is_remapped() {
             delta(&mut self.remapped);
@@ -542,9 +538,9 @@ pub enum Segment {
 impl Segment {
     pub fn lba(&self) -> u64 {
         match *self {
-            Segment::Main { lba, .. } | Segment::Spare { lba, .. } | Segment::Pending { lba, .. } => {
-                lba
-            }
+            Segment::Main { lba, .. }
+            | Segment::Spare { lba, .. }
+            | Segment::Pending { lba, .. } => lba,
         }
     }
 
@@ -654,7 +650,13 @@ mod tests {
     fn empty_table_is_one_main_segment() {
         let t = RemapTable::new(10);
         let s: Vec<_> = t.segments(5, 100).collect();
-        assert_eq!(s, vec![Segment::Main { lba: 5, blocks: 100 }]);
+        assert_eq!(
+            s,
+            vec![Segment::Main {
+                lba: 5,
+                blocks: 100
+            }]
+        );
         assert!(!t.any_in(0, u64::MAX));
     }
 
@@ -766,7 +768,11 @@ mod tests {
         }
         t.check_invariants().unwrap();
         assert_eq!(t.len(), m.len());
-        assert!(t.iter().map(|(k, e)| (k, e.spare)).eq(m.iter().map(|(&k, &v)| (k, v))));
+        assert!(
+            t.iter()
+                .map(|(k, e)| (k, e.spare))
+                .eq(m.iter().map(|(&k, &v)| (k, v)))
+        );
         let (lo, hi) = (5_000, 7_500);
         assert!(
             t.range(lo, hi)

@@ -20,7 +20,11 @@ pub const SECTOR: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Bytes written (trims and write-zeroes appear as writes of zeroes).
-    Write { offset: u64, data: Vec<u8>, fua: bool },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
     Flush,
 }
 

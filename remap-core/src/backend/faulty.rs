@@ -56,7 +56,10 @@ fn eio(op: IoOp, offset: u64, len: u64) -> IoError {
 impl<B: BlockBackend> FaultyBackend<B> {
     /// Wrap `inner`; fault sets are in units of `fault_block` bytes (a power of two).
     pub fn new(inner: B, fault_block: u64) -> Self {
-        assert!(fault_block.is_power_of_two(), "fault block must be a power of two");
+        assert!(
+            fault_block.is_power_of_two(),
+            "fault block must be a power of two"
+        );
         FaultyBackend {
             inner,
             fault_block,
@@ -219,13 +222,23 @@ impl<B: BlockBackend> BlockBackend for FaultyBackend<B> {
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
         check_range(IoOp::Write, offset, buf.len() as u64, self.size_bytes())?;
-        self.gate(IoOp::Write, offset, buf.len() as u64, Some(&self.write_fail))?;
+        self.gate(
+            IoOp::Write,
+            offset,
+            buf.len() as u64,
+            Some(&self.write_fail),
+        )?;
         self.inner.write_at(offset, buf)
     }
 
     fn write_at_fua(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
         check_range(IoOp::Write, offset, buf.len() as u64, self.size_bytes())?;
-        self.gate(IoOp::Write, offset, buf.len() as u64, Some(&self.write_fail))?;
+        self.gate(
+            IoOp::Write,
+            offset,
+            buf.len() as u64,
+            Some(&self.write_fail),
+        )?;
         self.inner.write_at_fua(offset, buf)
     }
 

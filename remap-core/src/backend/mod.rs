@@ -60,7 +60,9 @@ pub enum IoError {
         source: io::Error,
     },
     /// The request reaches past the end of the backend.
-    #[error("{op} of {len} bytes at offset {offset} is beyond the end of the device ({size} bytes)")]
+    #[error(
+        "{op} of {len} bytes at offset {offset} is beyond the end of the device ({size} bytes)"
+    )]
     OutOfRange {
         op: IoOp,
         offset: u64,
@@ -263,7 +265,12 @@ mod tests {
         };
         assert_eq!(e.errno(), errno::EINVAL);
         assert!(!e.is_media());
-        let e = IoError::media(IoOp::Write, 0, 1, io::Error::from_raw_os_error(errno::EINVAL));
+        let e = IoError::media(
+            IoOp::Write,
+            0,
+            1,
+            io::Error::from_raw_os_error(errno::EINVAL),
+        );
         assert!(!e.is_media());
     }
 
