@@ -43,6 +43,9 @@ use crate::table::{Entry, RemapTable, Segment, TableError};
 pub const MAX_READ_RETRIES: u32 = 16;
 /// The most spare blocks tried for one block before giving up on the write.
 pub const MAX_SPARE_ATTEMPTS: u32 = 8;
+/// Free spare blocks kept clear around the start of a new run of remapped blocks, so
+/// neighbouring runs that grow at the same time do not interleave.
+const RUN_GAP: u64 = 64;
 /// Write-zeroes that must go through the write path are done in pieces of this size.
 const ZERO_PIECE: u64 = 1 << 20;
 
@@ -944,10 +947,9 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             }
             block[inner..inner + range.len()].copy_from_slice(&buf[range]);
             // Contiguity: follow the spare of the block before, if it has one.
-            let hint = self.spare_hint(&engine.table, lba);
             let mut moved = false;
             for _ in 0..MAX_SPARE_ATTEMPTS {
-                let spare = match engine.spares.next_free(hint) {
+                let spare = match self.choose_spare(&engine.table, &engine.spares, lba) {
                     Ok(s) => s,
                     Err(SpareError::Exhausted { pool }) => {
                         tracing::error!(lba, pool, "spare pool exhausted");
@@ -1214,12 +1216,11 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             }
             block.fill(0);
         }
-        let hint = self.spare_hint(&engine.table, lba);
         let now = self.clock.now_s() as u32;
         let mut records = Vec::new();
         let mut chosen = None;
         for _ in 0..MAX_SPARE_ATTEMPTS {
-            let spare = match engine.spares.next_free(hint) {
+            let spare = match self.choose_spare(&engine.table, &engine.spares, lba) {
                 Ok(s) => s,
                 Err(SpareError::Exhausted { pool }) => {
                     return Err(DeviceError::SpareExhausted { lba, pool });
@@ -1353,16 +1354,40 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
 
     // ----- allocation policy, scrub, settings -----
 
-    /// Where to look first for a spare for block `lba`: right after the spare of the block
-    /// before it, so a run of bad blocks lands on a run of spare blocks and reads of it stay
-    /// one spare I/O. `None` (lowest free block) when contiguity is off.
-    fn spare_hint(&self, table: &RemapTable, lba: u64) -> Option<u64> {
+    /// The spare block for block `lba`. With contiguity on (the default): right after the
+    /// spare of the block before, or right before the spare of the block after, so a run of
+    /// bad blocks lands on a run of spare blocks and reads of it stay one spare I/O; a block
+    /// with no remapped neighbour starts a new run where it has room to grow. Off: the lowest
+    /// free block.
+    fn choose_spare(
+        &self,
+        table: &RemapTable,
+        spares: &SpareAllocator,
+        lba: u64,
+    ) -> Result<u64, SpareError> {
         if !self.contiguous_spares.load(Ordering::Relaxed) {
-            return None;
+            return spares.next_free(None);
         }
-        lba.checked_sub(1)
+        let free = |s: u64| spares.state(s) == Ok(crate::spare::SpareState::Free);
+        if let Some(s) = lba
+            .checked_sub(1)
             .and_then(|p| table.get(p))
             .and_then(|e| e.spare)
+        {
+            if s.checked_add(1).is_some_and(free) {
+                return Ok(s + 1);
+            }
+        }
+        if let Some(s) = lba
+            .checked_add(1)
+            .and_then(|n| table.get(n))
+            .and_then(|e| e.spare)
+        {
+            if s.checked_sub(1).is_some_and(free) {
+                return Ok(s - 1);
+            }
+        }
+        spares.next_free_for_run(RUN_GAP)
     }
 
     /// Choose the spare allocation policy: contiguous (the default) or always the lowest free

@@ -152,6 +152,38 @@ impl SpareAllocator {
         })
     }
 
+    /// Where a new run of remapped blocks should start: the lowest free block with `gap`
+    /// free blocks after it and (unless it is block 0) `gap` free blocks before it, so the run
+    /// can grow without meeting another. Without such room, the lowest free block.
+    pub fn next_free_for_run(&self, gap: u64) -> Result<u64, SpareError> {
+        let lowest = self.next_free(None)?;
+        let taken = |i: u64| bit(&self.used, i) || bit(&self.retired, i);
+        // Walk maximal free extents [start, end) from the lowest free block.
+        let mut i = lowest;
+        while i < self.pool_blocks {
+            if taken(i) {
+                // Skip whole words that are fully taken.
+                let w = (i / 64) as usize;
+                if i % 64 == 0 && (self.used[w] | self.retired[w]) == u64::MAX {
+                    i += 64;
+                } else {
+                    i += 1;
+                }
+                continue;
+            }
+            let start = i;
+            while i < self.pool_blocks && !taken(i) {
+                i += 1;
+            }
+            let end = i;
+            let candidate = if start == 0 { 0 } else { start + gap };
+            if candidate < end && end - candidate >= gap {
+                return Ok(candidate);
+            }
+        }
+        Ok(lowest)
+    }
+
     /// Take the lowest free block.
     pub fn allocate(&mut self) -> Result<u64, SpareError> {
         let i = self.next_free(None)?;
@@ -288,6 +320,23 @@ mod tests {
         assert_eq!(a.allocate_after(7).unwrap(), 0);
         assert_eq!(a.allocate_after(9).unwrap(), 1);
         a.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn new_runs_start_with_room_to_grow() {
+        let mut a = SpareAllocator::new(1000).unwrap();
+        // Empty pool: a run starts at 0.
+        assert_eq!(a.next_free_for_run(64).unwrap(), 0);
+        a.mark_used(0).unwrap();
+        // The next run keeps 64 blocks clear after the first one's block.
+        assert_eq!(a.next_free_for_run(64).unwrap(), 65);
+        a.mark_used(65).unwrap();
+        assert_eq!(a.next_free_for_run(64).unwrap(), 130);
+        // No room anywhere: the lowest free block.
+        let mut small = SpareAllocator::new(10).unwrap();
+        small.mark_used(0).unwrap();
+        assert_eq!(small.next_free_for_run(64).unwrap(), 1);
+        small.check_invariants().unwrap();
     }
 
     #[test]
