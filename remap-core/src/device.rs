@@ -1369,23 +1369,16 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             return spares.next_free(None);
         }
         let free = |s: u64| spares.state(s) == Ok(crate::spare::SpareState::Free);
-        if let Some(s) = lba
-            .checked_sub(1)
-            .and_then(|p| table.get(p))
-            .and_then(|e| e.spare)
+        let neighbour = |l: Option<u64>| l.and_then(|l| table.get(l)).and_then(|e| e.spare);
+        if let Some(s) = neighbour(lba.checked_sub(1)).and_then(|s| s.checked_add(1))
+            && free(s)
         {
-            if s.checked_add(1).is_some_and(free) {
-                return Ok(s + 1);
-            }
+            return Ok(s);
         }
-        if let Some(s) = lba
-            .checked_add(1)
-            .and_then(|n| table.get(n))
-            .and_then(|e| e.spare)
+        if let Some(s) = neighbour(lba.checked_add(1)).and_then(|s| s.checked_sub(1))
+            && free(s)
         {
-            if s.checked_sub(1).is_some_and(free) {
-                return Ok(s - 1);
-            }
+            return Ok(s);
         }
         spares.next_free_for_run(RUN_GAP)
     }
