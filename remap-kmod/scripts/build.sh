@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Build dm_remap.ko against one of the Debian kernels fetched by kernels.sh.
+#
+#   build.sh <6.1|6.12>      prints the path of an env file: KREL, REMAP_KO, DUST_KO
+#
+# Kbuild builds external modules in their source directory, and the two kernels need
+# different objects, so the C glue and Kbuild are copied to a per-kernel directory under
+# .work/kmod-build/<release>/; cargo gets its own target directory there as well. The
+# kernel's own dm-dust (which Debian does not ship, see kernels.sh) is built there too, for
+# the guest test.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+crate=$(cd "$here/.." && pwd)
+repo=$(cd "$crate/.." && pwd)
+flav=${1:?usage: build.sh <6.1|6.12>}
+
+envf=$("$here/kernels.sh" "$flav" | tail -n1)
+# shellcheck disable=SC1090
+. "$envf"
+
+work=${REMAP_KBUILD:-$repo/.work/kmod-build}/$KREL
+mkdir -p "$work/mod" "$work/cargo"
+for f in Kbuild dm-remap.c dm-remap-rust.h; do
+  cmp -s "$crate/kernel/$f" "$work/mod/$f" || cp "$crate/kernel/$f" "$work/mod/$f"
+done
+
+echo "build: dm_remap.ko for $KREL" >&2
+make -s -C "$KHDR" M="$work/mod" \
+  REMAP_KMOD="$crate" REMAP_CARGO_TARGET="$work/cargo" \
+  CONFIG_DEBUG_INFO_BTF_MODULES= modules >&2
+ko=$work/mod/dm_remap.ko
+[ -f "$ko" ] || { echo "build: $ko was not produced" >&2; exit 1; }
+
+mkdir -p "$work/dust"
+cmp -s "$KDUST" "$work/dust/dm-dust.c" || cp "$KDUST" "$work/dust/dm-dust.c"
+echo 'obj-m := dm-dust.o' > "$work/dust/Kbuild"
+make -s -C "$KHDR" M="$work/dust" CONFIG_DEBUG_INFO_BTF_MODULES= modules >&2
+dust=$work/dust/dm-dust.ko
+[ -f "$dust" ] || { echo "build: $dust was not produced" >&2; exit 1; }
+
+cat > "$work/build.env" <<ENV
+KREL=$KREL
+REMAP_KO=$ko
+DUST_KO=$dust
+ENV
+echo "$work/build.env"

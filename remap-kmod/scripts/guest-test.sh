@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The dm-remap-v4 acceptance test in real kernels: for each Debian kernel (6.1, 6.12),
+# build the module, format a spare on the host with `remap create`, boot the kernel under
+# qemu (TCG) twice with guest/test.sh, and check what the guest reports and what the host
+# then reads from the spare with `remap dump` and `remap check`.
+#
+#   guest-test.sh [6.1|6.12|all]        (default: all)
+#
+# Boot 1 runs everything and ends with a remapped write followed at once by a forced
+# power-off; boot 2 checks that remap and every earlier one survived. Fails loudly on a
+# guest panic, oops, BUG or WARN, on a hang (timeout), on any FAIL line, and when a
+# phase's SUMMARY is missing or does not account for every check it planned.
+#
+# Environment: REMAP_GUEST_TIMEOUT (seconds per boot, default 300), REMAP_BIN (a built
+# `remap` binary; default: built here with cargo).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+crate=$(cd "$here/.." && pwd)
+repo=$(cd "$crate/.." && pwd)
+timeout_s=${REMAP_GUEST_TIMEOUT:-300}
+
+log() { echo "guest-test: $*" >&2; }
+die() { echo "guest-test: FAILED: $*" >&2; exit 1; }
+
+case "${1:-all}" in
+  all) flavours="6.1 6.12" ;;
+  6.1 | 6.12) flavours=$1 ;;
+  *) die "usage: guest-test.sh [6.1|6.12|all]" ;;
+esac
+
+for tool in qemu-system-x86_64 busybox dmsetup cpio xz objcopy; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/test.sh installs it)"
+done
+
+if [ -z "${REMAP_BIN:-}" ]; then
+  log "building the remap CLI"
+  (cd "$repo" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} cargo build -q -p remap-cli --release)
+  REMAP_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/remap
+fi
+[ -x "$REMAP_BIN" ] || die "no remap binary at $REMAP_BIN"
+
+# One boot. Returns qemu's status; the console goes to $2.
+boot() { # phase log
+  local phase=$1 out=$2 rc=0
+  timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 512 -smp 2 \
+    -nographic -no-reboot \
+    -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
+    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase" \
+    -drive "file=$wd/main.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/spare.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/blank.img,if=virtio,format=raw,cache=unsafe" \
+    </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
+  return "$rc"
+}
+
+# Judge one boot's console log.
+judge() { # phase log qemu-status
+  local phase=$1 out=$2 rc=$3 plan summary passed failed
+  grep -E '^(RESULT|FAIL|PERF|EXPECT|PLAN|SUMMARY|FINAL)' "$out" | grep -v '^RESULT ok' >&2 || true
+  [ "$rc" -ne 124 ] || die "$KREL phase $phase: the guest hung (no power-off within ${timeout_s}s); see $out"
+  if grep -q -E 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out"; then
+    grep -n -E -A20 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out" | head -60 >&2
+    die "$KREL phase $phase: the kernel reported a panic, oops, BUG or WARN; see $out"
+  fi
+  [ "$rc" -eq 0 ] || die "$KREL phase $phase: qemu exited with status $rc; see $out"
+  grep -q '^FAIL' "$out" && die "$KREL phase $phase: checks failed (FAIL lines above); see $out"
+  plan=$(sed -n "s/^PLAN phase=$phase checks=\([0-9]*\)$/\1/p" "$out")
+  summary=$(grep "^SUMMARY phase=$phase " "$out" || true)
+  [ -n "$plan" ] || die "$KREL phase $phase: no PLAN line; see $out"
+  [ -n "$summary" ] || die "$KREL phase $phase: no SUMMARY line (the test stopped early); see $out"
+  passed=$(echo "$summary" | sed -n 's/.* passed=\([0-9]*\) .*/\1/p')
+  failed=$(echo "$summary" | sed -n 's/.* failed=\([0-9]*\)$/\1/p')
+  [ "$failed" = 0 ] || die "$KREL phase $phase: $failed checks failed; see $out"
+  [ "$passed" = "$plan" ] || die "$KREL phase $phase: $passed checks passed of $plan planned; see $out"
+  log "$KREL phase $phase: $passed/$plan checks passed"
+}
+
+# The remapped blocks `remap dump` finds on the spare, sorted, one per line.
+dumped_remaps() {
+  "$REMAP_BIN" dump "$wd/main.img" "$wd/spare.img" --json |
+    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/' | sort -n
+}
+
+compare_dump() { # label
+  local got want
+  got=$(dumped_remaps) || die "$KREL: remap dump failed ($1)"
+  want=$(sed -n 's/^EXPECT remapped \([0-9]*\)$/\1/p' "$wd/boot1.log" | sort -n)
+  [ -n "$want" ] || die "$KREL: the guest printed no EXPECT lines"
+  if [ "$got" != "$want" ]; then
+    echo "expected remaps: $(echo $want)" >&2
+    echo "remap dump:      $(echo $got)" >&2
+    die "$KREL: remap dump of the spare ($1) does not list exactly the remaps the kernel made"
+  fi
+  log "$KREL: remap dump ($1) lists exactly the $(echo "$want" | wc -l) remaps the kernel made"
+  if "$REMAP_BIN" dump "$wd/main.img" "$wd/spare.img" --json | grep -q '"state":"pending"'; then
+    die "$KREL: remap dump ($1) shows pending blocks; the guest rewrote them all"
+  fi
+}
+
+for flav in $flavours; do
+  t0=$SECONDS
+  benv=$("$here/build.sh" "$flav")
+  kenv=$("$here/kernels.sh" "$flav" 2>/dev/null | tail -n1)
+  # shellcheck disable=SC1090
+  . "$kenv"
+  # shellcheck disable=SC1090
+  . "$benv"
+  wd=$repo/.work/guest/$KREL
+  rm -rf "$wd"
+  mkdir -p "$wd"
+  truncate -s 32M "$wd/main.img"
+  truncate -s 8M "$wd/spare.img"
+  truncate -s 4M "$wd/blank.img"
+  "$REMAP_BIN" create "$wd/main.img" "$wd/spare.img" --block-size 4096 >"$wd/create.log" ||
+    die "remap create failed: $(cat "$wd/create.log")"
+  head -c 65536 /dev/urandom >"$wd/pat64k"
+  head -c 4194304 /dev/urandom >"$wd/pat4m"
+  "$here/mkinitramfs.sh" "$kenv" "$benv" "$wd/initrd.gz" "$wd/pat64k" "$wd/pat4m"
+
+  log "$KREL: boot 1 (qemu TCG)"
+  rc=0
+  boot 1 "$wd/boot1.log" || rc=$?
+  judge 1 "$wd/boot1.log" "$rc"
+  # The crash image, before any clean shutdown: the last remap must be in the journal.
+  compare_dump "after the forced power-off"
+
+  log "$KREL: boot 2 (qemu TCG)"
+  rc=0
+  boot 2 "$wd/boot2.log" || rc=$?
+  judge 2 "$wd/boot2.log" "$rc"
+  compare_dump "after a clean remove"
+  "$REMAP_BIN" check "$wd/main.img" "$wd/spare.img" >"$wd/check.log" 2>&1 ||
+    die "$KREL: remap check of the spare the kernel wrote failed: $(cat "$wd/check.log")"
+  log "$KREL: remap check passes on the spare the kernel wrote"
+  grep '^PERF' "$wd/boot1.log" | sed "s/^/$KREL /" | tee "$wd/perf.txt" >&2
+  log "$KREL: passed in $((SECONDS - t0))s"
+done
+log "all kernels passed: $flavours"

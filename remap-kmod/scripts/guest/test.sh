@@ -1,0 +1,235 @@
+#!/bin/sh
+# The dm-remap-v4 acceptance test, run inside the guest by /init.
+#
+#   test.sh 1   everything on a fresh spare, ending with a remapped write and an
+#               immediate power-off (no sync, no remove, no suspend)
+#   test.sh 2   after that power-off: the remap and its data survived, every earlier
+#               remap is still there and nothing else is; a clean remove
+#
+# Disks (from the host): /dev/vda main backing (32 MiB), /dev/vdb spare formatted on the
+# host with `remap create`, /dev/vdc a blank 4 MiB disk. Data files in /data.
+#
+# The main device "main" is stacked from device-mapper targets over vda, in 4 KiB blocks:
+#   0    .. 2047  linear
+#   2048 .. 4095  dust (blocks made to fail reads with dust messages)
+#   4096 .. 4111  error (reads and writes fail)
+#   4112 .. 6143  linear
+#   6144 .. 6151  flakey, always down, error_writes (writes fail, reads work)
+#   6152 .. 8191  linear
+#
+# Output: "RESULT ok <name>" or "FAIL <name>: why" per check, "EXPECT remapped <block>"
+# for every block the kernel is expected to have moved, "PERF ..." for the throughput
+# figures, "PLAN"/"SUMMARY" lines. The host judges (scripts/guest-test.sh).
+
+phase=$1
+pass=0
+fail=0
+MAIN=/dev/mapper/main
+RMP=/dev/mapper/rmp
+SPARE=/dev/vdb
+MAIN_TABLE="0 16384 linear /dev/vda 0
+16384 16384 dust /dev/vda 16384 4096
+32768 128 error
+32896 16256 linear /dev/vda 32896
+49152 64 flakey /dev/vda 49152 0 3600 1 error_writes
+49216 16320 linear /dev/vda 49216"
+RMP_TABLE="0 65536 dm-remap-v4 $MAIN $SPARE"
+# Every block phase 1 moves, in the order it does (phase 2 checks them all).
+EXPECTED="6144 6145 6146 6147 6148 6149 6150 6151 2100 4096 4097 4098 4099 4100 4101 4102 4103 10 4108"
+
+ok() { pass=$((pass + 1)); echo "RESULT ok $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+# check NAME COMMAND...: the command's status decides.
+check() {
+  n=$1
+  shift
+  if "$@"; then ok "$n"; else bad "$n: '$*' failed"; fi
+}
+# expect NAME WANT GOT
+expect() {
+  if [ "$2" = "$3" ]; then ok "$1"; else bad "$1: expected '$2', got '$3'"; fi
+}
+summary() { echo "SUMMARY phase=$phase passed=$pass failed=$fail"; }
+
+# Status field by name (after device-mapper's "<start> <len> dm-remap-v4").
+field() {
+  i=0
+  for name in version main spare reads writes remaps errors active ops total_ns avg_ns \
+    throughput sector spare_sectors total_ios normal_ios remapped_ios remapped_sectors \
+    pending spares_free health; do
+    if [ "$name" = "$1" ]; then
+      dmsetup status rmp | awk -v n=$((i + 4)) '{print $n}'
+      return
+    fi
+    i=$((i + 1))
+  done
+  echo "no-such-field-$1"
+}
+nfields() { dmsetup status rmp | awk '{print NF}'; }
+msg() { dmsetup message rmp 0 "$@" 2>&1; }
+lookup() { msg lookup "$1" | awk '{print $3}'; }
+
+# I/O in whole 4 KiB blocks, direct, through the remap device.
+wr() { # data-file block count [skip-in-file]
+  [ -b $RMP ] || { echo "$RMP is not a block device" >&2; return 1; }
+  dd if="/data/$1" of=$RMP bs=4096 seek="$2" count="$3" skip="${4:-0}" oflag=direct \
+    conv=notrunc 2>/tmp/dd.err
+}
+rd() { # block count -> /tmp/rd
+  rm -f /tmp/rd
+  [ -b $RMP ] || { echo "$RMP is not a block device" >&2; return 1; }
+  dd if=$RMP of=/tmp/rd bs=4096 skip="$1" count="$2" iflag=direct 2>/tmp/dd.err
+}
+same() { # block count data-file [skip-in-file]: reads back exactly that
+  rd "$1" "$2" || return 1
+  dd if="/data/$3" of=/tmp/exp bs=4096 skip="${4:-0}" count="$2" 2>/dev/null
+  cmp -s /tmp/rd /tmp/exp
+}
+fails_to_read() { # block: the read must fail (on the remap device, not for lack of it)
+  [ -b $RMP ] || return 1
+  ! rd "$1" 1
+}
+
+create_main() {
+  echo "$MAIN_TABLE" | dmsetup create --noudevsync main && dmsetup mknodes main
+}
+create_rmp() { # [table]
+  dmsetup create --noudevsync rmp --table "${1:-$RMP_TABLE}" && dmsetup mknodes rmp
+}
+
+if [ "$phase" = 1 ]; then
+  echo "PLAN phase=1 checks=65"
+  check module_loaded insmod /lib/modules/dm_remap.ko
+  check target_registered sh -c 'dmsetup targets | grep -q "^dm-remap-v4 *v4.0.0"'
+  check main_created create_main
+  expect main_size 65536 "$(blockdev --getsz $MAIN)"
+  # Data the dust block holds before it goes bad: its failed read must not return it.
+  dd if=/data/pat64k of=$MAIN bs=4096 seek=2100 count=2 skip=4 oflag=direct 2>/dev/null
+  # Data of block 10, moved later by the map message.
+  dd if=/data/pat64k of=$MAIN bs=4096 seek=10 count=1 skip=9 oflag=direct 2>/dev/null
+  md5_blank=$(md5sum < /dev/vdc)
+
+  check remap_created create_rmp
+  dmsetup status rmp
+  expect logical_block_size 4096 "$(blockdev --getss $RMP)"
+  expect status_fields 24 "$(nfields)"
+  expect status_version 4.0.0 "$(field version)"
+  expect status_health_fresh healthy "$(field health)"
+  expect status_sector_size 4096 "$(field sector)"
+
+  # Writes across write-failing blocks (flakey, 6144..6151) succeed and read back.
+  check write_across_write_failing_blocks wr pat64k 6140 16
+  check readback_across_moved_blocks same 6140 16 pat64k
+  expect moved_block_is_on_spare spare "$(lookup 6144)"
+  expect neighbour_stays_on_main main "$(lookup 6143)"
+  expect status_remaps_8 8 "$(field remaps)"
+  expect status_active_8 8 "$(field active)"
+
+  # Reads of read-failing blocks return EIO and the block shows pending.
+  check read_of_error_block_fails fails_to_read 4096
+  expect error_block_pending pending "$(lookup 4096)"
+  dmsetup message main 16384 addbadblock 2100 >/dev/null
+  dmsetup message main 16384 enable >/dev/null
+  check read_of_dust_block_fails fails_to_read 2100
+  check no_data_from_failed_read sh -c '[ ! -s /tmp/rd ]'
+  expect dust_block_pending pending "$(lookup 2100)"
+  check pending_read_fails_again fails_to_read 2100
+  check dust_neighbour_reads same 2101 1 pat64k 5
+  expect status_pending_2 2 "$(field pending)"
+  expect health_degraded_when_pending degraded "$(field health)"
+
+  # Rewriting a pending block moves it and clears pending.
+  check rewrite_of_pending_block wr pat64k 2100 1 12
+  check rewritten_block_reads_back same 2100 1 pat64k 12
+  expect rewritten_block_on_spare spare "$(lookup 2100)"
+  check write_over_error_region wr pat64k 4096 8 1
+  check error_region_reads_back same 4096 8 pat64k 1
+  expect status_pending_0 0 "$(field pending)"
+  expect status_remaps_17 17 "$(field remaps)"
+  expect status_active_17 17 "$(field active)"
+  expect status_remapped_sectors $((17 * 8)) "$(field remapped_sectors)"
+  expect health_healthy_again healthy "$(field health)"
+
+  # Messages.
+  check msg_help sh -c 'dmsetup message rmp 0 help | grep -q "lookup <block>"'
+  check msg_stats sh -c 'dmsetup message rmp 0 stats | grep -q "remaps=17 "'
+  check msg_health sh -c 'dmsetup message rmp 0 health | grep -q "^state=healthy "'
+  check msg_map sh -c 'dmsetup message rmp 0 map 10 | grep -q "^block 10 remapped to spare block"'
+  check map_keeps_data same 10 1 pat64k 9
+  expect mapped_block_on_spare spare "$(lookup 10)"
+  check msg_map_twice_refused sh -c '! dmsetup message rmp 0 map 10'
+  check msg_lookup_out_of_range_refused sh -c '! dmsetup message rmp 0 lookup 8192'
+  check msg_checkpoint sh -c 'dmsetup message rmp 0 checkpoint | grep -q "^checkpoint [0-9]* written"'
+  check msg_bad_refused sh -c '! dmsetup message rmp 0 frobnicate 2>/dev/null'
+  check msg_bad_logged sh -c "dmesg | grep -q \"message 'frobnicate' refused: unknown message\""
+  check msg_clear_stats sh -c 'dmsetup message rmp 0 clear_stats | grep -q cleared'
+  expect cleared_reads 0 "$(field reads)"
+  expect cleared_keeps_active 18 "$(field active)"
+
+  # Suspend/resume, reload with options, remove and create: the table stays.
+  check suspend_resume sh -c 'dmsetup suspend rmp && dmsetup resume rmp'
+  check data_after_resume same 6140 16 pat64k
+  check reload_with_options sh -c "dmsetup reload rmp --table '$RMP_TABLE 2 read_retries:1 pending_critical:10' && dmsetup resume rmp"
+  check table_shows_options sh -c 'dmsetup table rmp | grep -q " 2 read_retries:1 pending_critical:10$"'
+  expect reload_keeps_table spare "$(lookup 6150)"
+  check remove sh -c 'dmsetup remove --noudevsync rmp'
+  check create_again create_rmp
+  expect recreate_keeps_remaps 18 "$(field active)"
+  expect recreate_keeps_block spare "$(lookup 2100)"
+  check recreate_keeps_data same 4096 8 pat64k 1
+
+  # Refusals: a spare in use, a spare for another size, an unformatted spare.
+  check spare_in_use_refused sh -c "! dmsetup create --noudevsync rmp2 --table '$RMP_TABLE' 2>/dev/null"
+  check wrong_size_refused sh -c "! dmsetup create --noudevsync rmp3 --table '0 32768 dm-remap-v4 /dev/vda $SPARE' 2>/dev/null"
+  check wrong_size_refusal_says_why sh -c 'dmesg | grep -q "formatted for a main device of 33554432 bytes, but the table maps 16777216"'
+  check unformatted_refused sh -c "! dmsetup create --noudevsync rmp4 --table '0 65536 dm-remap-v4 $MAIN /dev/vdc' 2>/dev/null"
+  check unformatted_refusal_says_why sh -c 'dmesg | grep -q "holds no valid remap superblock"'
+  expect unformatted_spare_untouched "$md5_blank" "$(md5sum < /dev/vdc)"
+
+  # Throughput, dm-remap-v4 against linear over the same main device, 4 MiB of blocks
+  # 1024..2047 (no remaps there), direct I/O, three rounds each.
+  echo "0 65536 linear $MAIN 0" | dmsetup create --noudevsync lin && dmsetup mknodes lin
+  for round in 1 2 3; do
+    for dev in rmp lin; do
+      dd if=/data/pat4m of=/dev/mapper/$dev bs=1M seek=4 count=4 oflag=direct 2>&1 |
+        tail -n1 | sed "s/^/PERF write $dev round $round: /"
+      dd if=/dev/mapper/$dev of=/dev/null bs=1M skip=4 count=4 iflag=direct 2>&1 |
+        tail -n1 | sed "s/^/PERF read $dev round $round: /"
+    done
+  done
+  dmsetup remove --noudevsync lin
+  dmsetup status rmp
+
+  # A remapped write, then power off at once: no sync, no suspend, no remove.
+  for b in $EXPECTED; do echo "EXPECT remapped $b"; done
+  summary
+  echo "GUEST: final remapped write and power-off"
+  wr pat64k 4108 1 15
+  echo "FINAL dd=$?"
+  poweroff -n -f
+fi
+
+if [ "$phase" = 2 ]; then
+  echo "PLAN phase=2 checks=13"
+  check module_loaded insmod /lib/modules/dm_remap.ko
+  check main_created create_main
+  check remap_created_after_poweroff create_rmp
+  dmsetup status rmp
+  expect poweroff_kept_remap spare "$(lookup 4108)"
+  check poweroff_kept_data same 4108 1 pat64k 15
+  n=0
+  missing=
+  for b in $EXPECTED; do
+    n=$((n + 1))
+    [ "$(lookup "$b")" = spare ] || missing="$missing $b"
+  done
+  expect all_remaps_present "" "$missing"
+  expect no_other_remaps "$n" "$(field active)"
+  expect nothing_pending 0 "$(field pending)"
+  check flakey_data same 6140 16 pat64k
+  check error_region_data same 4096 8 pat64k 1
+  check dust_block_data same 2100 1 pat64k 12
+  check mapped_block_data same 10 1 pat64k 9
+  check clean_remove sh -c 'dmsetup remove --noudevsync rmp'
+  summary
+fi

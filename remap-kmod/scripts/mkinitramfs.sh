@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build the guest's initramfs: busybox, dmsetup and its libraries, the kernel modules the
+# test needs (with their dependencies, in load order), dm_remap.ko and dm-dust.ko, the
+# guest scripts and any data files.
+#
+#   mkinitramfs.sh <kernel env> <build env> <out.cpio.gz> [data file...]
+#
+# Modules: virtio (whatever of it is modular on this kernel), virtio_blk, dm-mod (which
+# carries the linear and error targets), dm-flakey. /lib/modules/load-order lists them as
+# the guest must insmod them.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+kenv=$1
+benv=$2
+out=$3
+shift 3
+# shellcheck disable=SC1090
+. "$kenv"
+# shellcheck disable=SC1090
+. "$benv"
+
+die() { echo "mkinitramfs: error: $*" >&2; exit 1; }
+for tool in busybox dmsetup objcopy xz cpio gzip ldd; do
+  command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+
+w=$(mktemp -d)
+trap 'rm -rf "$w"' EXIT
+mkdir -p "$w"/{bin,sbin,proc,sys,dev,tmp,data,lib/modules,mnt}
+
+cp "$(command -v busybox)" "$w/bin/busybox"
+bb_ldd=$(ldd "$w/bin/busybox" 2>&1 || true)
+case "$bb_ldd" in
+  *"not a dynamic executable"*) ;;
+  *) die "busybox is not static (install busybox-static)" ;;
+esac
+
+# dmsetup is dynamic on Debian: bring its libraries and loader along.
+dms=$(command -v dmsetup)
+cp "$dms" "$w/sbin/dmsetup"
+for lib in $(ldd "$dms" | grep -o '/[^ ]*'); do
+  mkdir -p "$w$(dirname "$lib")"
+  cp -L "$lib" "$w$lib"
+done
+
+# Module dependencies from each module's .modinfo (the unpacked kernel has no modules.dep).
+tmpko=$(mktemp -d)
+trap 'rm -rf "$w" "$tmpko"' EXIT
+ko_path() { # name -> path of its .ko or .ko.xz under KMODS, or nothing (built in)
+  find "$KMODS" \( -name "$1.ko" -o -name "$1.ko.xz" \) | head -n1
+}
+ko_plain() { # path -> uncompressed copy in $tmpko
+  local p=$1 n
+  n=$(basename "${p%.xz}")
+  if [ ! -f "$tmpko/$n" ]; then
+    case "$p" in *.xz) xz -dc "$p" > "$tmpko/$n" ;; *) cp "$p" "$tmpko/$n" ;; esac
+  fi
+  echo "$tmpko/$n"
+}
+ko_depends() { # plain .ko -> its dependencies, comma separated
+  objcopy -O binary --only-section=.modinfo "$1" /dev/stdout 2>/dev/null |
+    tr '\0' '\n' | sed -n 's/^depends=//p'
+}
+order=()
+add_module() { # name: dependencies first, each module once
+  local name=$1 p plain dep
+  for m in "${order[@]}"; do [ "$m" = "$name" ] && return 0; done
+  p=$(ko_path "$name")
+  if [ -z "$p" ]; then
+    grep -q "/$name.ko\$" "$KMODS/../modules.builtin" && return 0
+    die "module $name is neither a module nor built in on $KREL"
+  fi
+  plain=$(ko_plain "$p")
+  for dep in $(ko_depends "$plain" | tr ',' ' '); do add_module "$dep"; done
+  cp "$plain" "$w/lib/modules/$name.ko"
+  order+=("$name")
+}
+for m in virtio_pci virtio_blk dm-mod dm-flakey; do
+  add_module "$m"
+done
+cp "$REMAP_KO" "$w/lib/modules/dm_remap.ko"
+cp "$DUST_KO" "$w/lib/modules/dm-dust.ko"
+printf '%s\n' "${order[@]}" dm-dust > "$w/lib/modules/load-order"
+
+cp "$here/guest/init" "$w/init"
+cp "$here/guest/test.sh" "$w/test.sh"
+chmod +x "$w/init" "$w/test.sh"
+for f in "$@"; do cp "$f" "$w/data/"; done
+
+(cd "$w" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"
+echo "mkinitramfs: $out ($(du -h "$out" | cut -f1), modules: ${order[*]} dm-dust dm_remap)" >&2
