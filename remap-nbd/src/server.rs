@@ -85,7 +85,7 @@ pub struct ServerConfig {
     pub workers_per_connection: usize,
     /// Payload bytes in flight per connection.
     pub max_inflight_bytes: u64,
-    /// Time a client may take to finish negotiating.
+    /// Time a client may take to finish negotiating (all of it, not per read).
     pub handshake_timeout: Duration,
     /// Time a reply may wait for the client to read before the connection is dropped.
     pub send_timeout: Duration,
@@ -530,18 +530,23 @@ impl Server {
 /// One connection from accept to close: negotiate, then serve requests.
 fn serve_connection(shared: &Shared, socket: Arc<Socket>, peer: &str, id: u64) {
     tracing::info!(conn = id, peer, "connection opened");
-    let setup = socket
-        .prepare()
-        .and_then(|()| socket.set_read_timeout(Some(shared.handshake_timeout)))
-        .and_then(|()| match &*socket {
-            Socket::Tcp(s) => s.set_write_timeout(Some(shared.send_timeout)),
-            Socket::Unix(s) => s.set_write_timeout(Some(shared.send_timeout)),
-        });
+    let setup = socket.prepare().and_then(|()| match &*socket {
+        Socket::Tcp(s) => s.set_write_timeout(Some(shared.send_timeout)),
+        Socket::Unix(s) => s.set_write_timeout(Some(shared.send_timeout)),
+    });
     if let Err(e) = setup {
         tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
         return;
     }
-    let mut reader = BufReader::with_capacity(READ_BUFFER, SocketReader(socket.clone()));
+    let mut reader = BufReader::with_capacity(READ_BUFFER, SocketReader::new(socket.clone()));
+    // The whole negotiation must finish within the timeout, not each read.
+    if let Err(e) = reader
+        .get_mut()
+        .set_deadline(Some(Instant::now() + shared.handshake_timeout))
+    {
+        tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
+        return;
+    }
     let negotiated = match handshake::negotiate(
         &mut reader,
         &*socket,
@@ -555,7 +560,7 @@ fn serve_connection(shared: &Shared, socket: Arc<Socket>, peer: &str, id: u64) {
             return;
         }
     };
-    if let Err(e) = socket.set_read_timeout(None) {
+    if let Err(e) = reader.get_mut().set_deadline(None) {
         tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
         return;
     }

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A connected stream socket.
 #[derive(Debug)]
@@ -75,12 +75,44 @@ impl Write for &Socket {
     }
 }
 
-/// The read side of a shared socket, for a `BufReader`.
+/// The read side of a shared socket, for a `BufReader`, with an optional deadline for all
+/// reads together (the negotiation must finish in time even if the client trickles bytes).
 #[derive(Debug)]
-pub(crate) struct SocketReader(pub Arc<Socket>);
+pub(crate) struct SocketReader {
+    socket: Arc<Socket>,
+    deadline: Option<Instant>,
+}
+
+impl SocketReader {
+    pub fn new(socket: Arc<Socket>) -> Self {
+        SocketReader {
+            socket,
+            deadline: None,
+        }
+    }
+
+    /// Fail every read after `deadline` with `TimedOut`; `None` lifts the deadline.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.deadline = deadline;
+        if deadline.is_none() {
+            self.socket.set_read_timeout(None)?;
+        }
+        Ok(())
+    }
+}
 
 impl Read for SocketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not finish negotiating in time",
+                ));
+            }
+            self.socket.set_read_timeout(Some(left))?;
+        }
+        (&*self.socket).read(buf)
     }
 }

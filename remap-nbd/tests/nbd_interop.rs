@@ -25,6 +25,15 @@ fn nbdsh(script: &str) -> String {
     must(tool("nbdsh").arg("-c").arg(script))
 }
 
+/// fio, run in the test's directory (fio leaves verify state files in its working
+/// directory) and told not to keep verify state at all.
+fn fio(s: &Served) -> std::process::Command {
+    require("fio", "fio");
+    let mut c = tool("fio");
+    c.current_dir(s.dir.path()).arg("--verify_state_save=0");
+    c
+}
+
 fn write_file(path: &std::path::Path, data: &[u8]) {
     std::fs::write(path, data).expect("write file");
 }
@@ -286,7 +295,7 @@ fn fio_four_jobs_depth_sixteen_verify() {
     require("fio", "fio");
     let s = Served::start(Serve::default());
     let out = must(
-        tool("fio")
+        fio(&s)
             .args([
                 "--name=verify",
                 "--ioengine=nbd",
@@ -337,7 +346,7 @@ fn failing_writes_are_remapped_every_write_succeeds_and_reads_verify() {
     must(tool("cmp").arg(&src).arg(&out));
     require("fio", "fio");
     must(
-        tool("fio")
+        fio(&s)
             .args([
                 "--name=remapped",
                 "--ioengine=nbd",
@@ -384,7 +393,7 @@ fn fio_verifies_on_a_flaky_disk() {
         ..Serve::default()
     });
     must(
-        tool("fio")
+        fio(&s)
             .args([
                 "--name=flaky",
                 "--ioengine=nbd",

@@ -231,6 +231,51 @@ fn connections_above_the_limit_are_closed_at_once() {
 }
 
 #[test]
+fn negotiation_has_a_deadline_even_for_a_client_that_trickles_bytes() {
+    let server = Server::new(
+        Arc::new(MemBackend::new(1 << 20)),
+        None,
+        ServerConfig {
+            listen: local(),
+            handshake_timeout: Duration::from_millis(600),
+            ..ServerConfig::default()
+        },
+    )
+    .expect("server");
+    let tcp = tcp_of(&server);
+    let (stop, running) = spawn(server);
+    let start = std::time::Instant::now();
+    let mut c = Raw::tcp(tcp);
+    c.greeting();
+    c.client_flags(1);
+    // One byte every 100 ms for 4 s: no single read waits long, the whole is too slow. The
+    // server must cut the client off while it is still sending (a per-read timeout would not).
+    let mut option = b"IHAVEOPT\0\0\0\x07\0\0\0\x40".to_vec();
+    option.extend_from_slice(&[0u8; 24]);
+    let mut cut_at = None;
+    for b in &option {
+        if c.send(&[*b]).is_err() {
+            cut_at = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cut_at = cut_at.expect("the trickling client was never cut off");
+    assert!(
+        cut_at < Duration::from_millis(2500),
+        "cut off only after {cut_at:?}"
+    );
+    // A client that negotiates normally is not affected, and keeps its connection after
+    // the deadline has passed.
+    let (mut ok, _, _) = Raw::tcp(tcp).negotiate("", false, &[]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(ok.read(1, 0, 512), Ok(vec![0; 512]));
+    ok.disconnect();
+    stop.shutdown();
+    running.join().expect("thread").expect("run");
+}
+
+#[test]
 fn requests_run_concurrently_and_replies_come_out_of_order() {
     let disk = counting_disk(32 << 20);
     disk.inner.set_latency(Duration::from_millis(40));
