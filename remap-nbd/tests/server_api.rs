@@ -418,6 +418,56 @@ fn remap_state_and_base_allocation_over_a_remap_device() {
 }
 
 #[test]
+fn an_exhausted_spare_pool_is_enospc_and_leaves_mapped_blocks_alone() {
+    let bs = 4096u64;
+    let main = FaultyBackend::new(MemBackend::new(64 * bs as usize), bs);
+    main.fail_writes(0..10);
+    let (_, handle) = MemStore::new();
+    let dev = Arc::new(
+        device_from_mem_store(
+            main,
+            MemBackend::new(2 * bs as usize),
+            Layout {
+                block_size: BlockSize::new(bs).expect("block size"),
+                spare_offset: 0,
+                spare_blocks: 2,
+            },
+            &handle,
+            Arc::new(ManualClock::new(0)),
+            DeviceConfig::default(),
+        )
+        .expect("device"),
+    );
+    let server = Server::new(
+        dev.clone(),
+        Some(dev.clone()),
+        ServerConfig {
+            listen: local(),
+            block_size: 4096,
+            ..ServerConfig::default()
+        },
+    )
+    .expect("server");
+    let tcp = tcp_of(&server);
+    let (stop, running) = spawn(server);
+    let (mut c, _, _) = Raw::tcp(tcp).negotiate("", true, &[]);
+    assert_eq!(c.write(0, 1, 0, &[1; 4096]), 0);
+    assert_eq!(c.write(0, 2, bs, &[2; 4096]), 0);
+    assert_eq!(
+        c.write(0, 3, 2 * bs, &[3; 4096]),
+        ENOSPC,
+        "the pool of 2 is used up"
+    );
+    assert_eq!(
+        c.read(4, 0, 8192),
+        Ok([vec![1; 4096], vec![2; 4096]].concat())
+    );
+    c.disconnect();
+    stop.shutdown();
+    running.join().expect("thread").expect("run");
+}
+
+#[test]
 fn bad_configurations_are_refused_with_reasons() {
     let disk = || Arc::new(MemBackend::new(1 << 20)) as Arc<dyn BlockBackend>;
     let bad = |config: ServerConfig| match Server::new(disk(), None, config) {
