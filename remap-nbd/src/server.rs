@@ -359,7 +359,8 @@ impl Server {
         }
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut next_id = 0u64;
-        let accepted = self.accept_loop(&mut threads, &mut next_id);
+        let mut accept_failures = 0u64;
+        let accepted = self.accept_loop(&mut threads, &mut next_id, &mut accept_failures);
 
         // Stop: no new connections, no new requests; finish what is in flight.
         self.shared.stopping.store(true, Ordering::SeqCst);
@@ -429,6 +430,7 @@ impl Server {
         &self,
         threads: &mut Vec<JoinHandle<()>>,
         next_id: &mut u64,
+        accept_failures: &mut u64,
     ) -> Result<(), ServerError> {
         loop {
             if self.wake.stop.load(Ordering::SeqCst) {
@@ -471,8 +473,12 @@ impl Server {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => continue,
                         Err(e) => {
-                            // Out of descriptors or memory: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed; pausing");
+                            // Out of descriptors or memory: back off instead of spinning, and
+                            // log the 1st, 2nd, 4th, 8th... failure, not every one.
+                            *accept_failures += 1;
+                            if accept_failures.is_power_of_two() {
+                                tracing::warn!(error = %e, failures = *accept_failures, "accept failed; pausing");
+                            }
                             std::thread::sleep(Duration::from_millis(100));
                             break;
                         }
