@@ -10,8 +10,11 @@ use std::str::FromStr;
 
 use crate::error::CliError;
 
-/// An inclusive run of blocks `first..=last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// An inclusive run of blocks `first..=last`. In control-socket requests it travels as
+/// `{"first": N, "last": M}`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct BlockRange {
     pub first: u64,
     pub last: u64,

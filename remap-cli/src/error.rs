@@ -19,6 +19,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit status for a usage error (clap uses the same for its own errors).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status when a command was stopped by SIGINT or SIGTERM (128 + SIGINT, as shells do).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Which of the pair a device is, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +192,54 @@ pub enum CliError {
         source: io::Error,
     },
 
+    /// Talking to a running server over its control socket failed, or it refused.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+
+    /// A scrub stopped on an error other than an unreadable block.
+    #[error("{}: {source}", path.display())]
+    Scrub {
+        path: PathBuf,
+        #[source]
+        source: crate::scrub::ScrubError,
+    },
+
+    /// A scrub found unreadable blocks (now pending); each was reported before.
+    #[error("{}: {count} unreadable block(s) found and marked pending; a write covering each whole block moves it to the spare", path.display())]
+    UnreadableFound { path: PathBuf, count: u64 },
+
+    /// Stopped by SIGINT or SIGTERM, cleanly; `what` says what was kept.
+    #[error("interrupted: {what}")]
+    Interrupted { what: String },
+
+    /// Saving settings (thresholds, read retries) failed.
+    #[error("{}: cannot save the settings: {source}", path.display())]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: DeviceError,
+    },
+
+    /// SMART data could not be read or understood.
+    #[error(transparent)]
+    Smart(#[from] crate::smart::SmartError),
+
+    /// The metrics endpoint could not listen.
+    #[error("{addr}: cannot serve metrics: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A helper thread of the server could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -203,6 +253,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage { .. } | CliError::BlockOutOfRange { .. } => EXIT_USAGE,
+            CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             _ => EXIT_FAILED,
         }
     }

@@ -8,14 +8,25 @@
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
 //! - [`devices`]: how every subcommand opens and locks the pair;
 //! - [`blocks`]: block list syntax;
+//! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
+//! - [`health`] and [`smart`]: the health report, its projection, and SMART data;
+//! - [`live`], [`control`] and [`metrics`]: the operator side of `remap serve` (live
+//!   state, the control socket, the Prometheus endpoint);
 //! - [`error`]: the error type and its exit codes;
 //! - [`units`]: sizes and times for the human-readable output.
 #![forbid(unsafe_code)]
 
 pub mod blocks;
 pub mod cmd;
+pub mod control;
 pub mod devices;
 pub mod error;
+pub mod health;
+pub mod live;
+pub mod metrics;
+pub mod scrub;
+pub mod smart;
+pub mod throttle;
 pub mod units;
 
 use std::io::{IsTerminal, Write};
@@ -36,10 +47,17 @@ Examples:
   remap dump /dev/sdb /dev/sdc1 --json        every remapped or pending block
   remap map /dev/sdb /dev/sdc1 1234 2000-2015 move blocks to the spare now
   remap check /dev/sdb /dev/sdc1 --repair     verify the metadata, fix a bad copy
+  remap scrub /dev/sdb /dev/sdc1 --rate 50     read every block, find bad ones early
+  remap health /dev/sdb /dev/sdc1 --smart /dev/sdb
+                                              verdict, reasons, when the spares run out
+  remap set /dev/sdb /dev/sdc1 --pending-critical 100
+                                              change health thresholds
   remap serve /dev/sdb /dev/sdc1              export over NBD on 127.0.0.1:10809
   remap serve --demo                          try it: a demo disk with failing blocks
+  remap status --control /run/remap.ctl       ask a `remap serve --control` that runs
 
-Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error.
+Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error,
+130 interrupted (scrub: the cursor is saved).
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.
@@ -74,6 +92,9 @@ pub enum Command {
     Map(cmd::map::Args),
     Unmap(cmd::unmap::Args),
     Check(cmd::check::Args),
+    Scrub(cmd::scrub::Args),
+    Health(cmd::health::Args),
+    Set(cmd::set::Args),
     Serve(cmd::serve::Args),
 }
 
@@ -104,6 +125,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Map(args) => cmd::map::run(&args, out),
         Command::Unmap(args) => cmd::unmap::run(&args, out),
         Command::Check(args) => cmd::check::run(&args, out),
+        Command::Scrub(args) => cmd::scrub::run(&args, out),
+        Command::Health(args) => cmd::health::run(&args, out),
+        Command::Set(args) => cmd::set::run(&args, out),
         Command::Serve(args) => cmd::serve::run(&args, out),
     }
 }

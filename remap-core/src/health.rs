@@ -9,7 +9,7 @@ use crate::stats::StatsSnapshot;
 
 /// The three states, ordered by severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "std", derive(serde::Serialize))]
+#[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(rename_all = "lowercase"))]
 pub enum HealthState {
     Healthy,

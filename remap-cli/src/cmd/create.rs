@@ -14,9 +14,14 @@ use crate::error::CliError;
 use crate::units;
 
 const AFTER_HELP: &str = "\
+Health thresholds (see `remap set --help`) take their defaults unless given here: error rate
+100/10000 ppm after 1000 I/Os, spare use 50/90 %, pending 1/64 blocks (degraded/critical).
+`remap set` changes them later.
+
 Examples:
   remap create /dev/sdb /dev/sdc1
   remap create /dev/sdb /dev/sdc1 --block-size 512 --spare-blocks 100000
+  remap create /dev/sdb /dev/sdc1 --pending-degraded 4 --pending-critical 100
   truncate -s 1G main.img && truncate -s 64M spare.img && remap create main.img spare.img";
 
 /// Format SPARE as the spare device for MAIN.
@@ -53,6 +58,10 @@ pub struct Args {
     /// metadata.
     #[arg(long, value_name = "N")]
     pub spare_blocks: Option<u64>,
+
+    /// Health thresholds and read retries to start with.
+    #[command(flatten)]
+    pub settings: crate::cmd::set::SettingChanges,
 
     /// Print the result as JSON.
     #[arg(long)]
@@ -125,6 +134,15 @@ fn capacity(g: &Geometry) -> Capacity {
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut thresholds = remap_core::HealthThresholds::default();
+    args.settings.apply_thresholds(&mut thresholds);
+    if let Err(e) = thresholds.validate() {
+        return Err(CliError::Usage {
+            message: format!("bad thresholds: {e}"),
+        });
+    }
+    let defaults = CreateOptions::default();
+    let read_retries = args.settings.read_retries.unwrap_or(defaults.read_retries);
     let pair = Pair::open(
         &args.pair.main,
         &args.pair.spare,
@@ -141,7 +159,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         journal_blocks: args.journal_blocks,
         pool_blocks: args.spare_blocks,
         force: args.force,
-        ..CreateOptions::default()
+        thresholds,
+        read_retries,
+        ..defaults
     };
     let sb = remap_meta::create(&pair.spare, pair.main.size_bytes(), pair.identity, &opts)
         .map_err(|source| create_error(&pair, &opts, source))?;

@@ -1,22 +1,29 @@
 //! `remap map MAIN SPARE BLOCK...`: move blocks to the spare pool now, copying their data.
+//! `remap map --control PATH BLOCK...`: the same on a running `remap serve`, live.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use crate::blocks::{BlockList, BlockRange};
-use crate::cmd::PairArgs;
 use crate::cmd::transfer::{self, Outcome, Paths};
+use crate::control::{self, Request};
 use crate::devices::{Access, Pair};
 use crate::error::CliError;
+use crate::live::MapReply;
 
 const AFTER_HELP: &str = "\
 BLOCK is a block number (in the block size chosen at `remap create`) or an inclusive range
 N-M; give several, or separate them with commas. A block already on a spare block is left
 where it is. Each move is durable (journaled and flushed) before the next one starts.
 
+With --control, the running `remap serve --control PATH` moves the blocks while it serves
+them (at most 65536 blocks per command).
+
 Examples:
   remap map /dev/sdb /dev/sdc1 1234
   remap map /dev/sdb /dev/sdc1 2000-2015 4096,4100
-  remap map main.img spare.img 77 --zero-unreadable";
+  remap map main.img spare.img 77 --zero-unreadable
+  remap map --control /run/remap.ctl 1234 2000-2015";
 
 /// Move blocks to the spare pool now, copying their data.
 ///
@@ -29,14 +36,27 @@ Examples:
 /// command exits 1 if any block failed. Ends with a flush of both devices and a checkpoint;
 /// if nothing moved, nothing is written.
 #[derive(Debug, clap::Args)]
-#[command(after_help = AFTER_HELP)]
+#[command(
+    after_help = AFTER_HELP,
+    override_usage = "remap map [OPTIONS] <MAIN> <SPARE> <BLOCK[-BLOCK]>...\n       remap map [OPTIONS] --control <PATH> <BLOCK[-BLOCK]>..."
+)]
 pub struct Args {
-    #[command(flatten)]
-    pub pair: PairArgs,
+    /// The main device: the failing disk (or a file standing for one).
+    #[arg(value_name = "MAIN", required_unless_present = "control")]
+    pub main: Option<PathBuf>,
+
+    /// The spare device: holds the metadata and the pool of spare blocks.
+    #[arg(value_name = "SPARE", required_unless_present = "control")]
+    pub spare: Option<PathBuf>,
 
     /// Blocks to move: N or N-M (inclusive), several or comma-separated.
-    #[arg(value_name = "BLOCK[-BLOCK]", required = true, num_args = 1.., value_delimiter = ',')]
+    #[arg(value_name = "BLOCK[-BLOCK]", num_args = 0.., value_delimiter = ',')]
     pub blocks: Vec<BlockRange>,
+
+    /// Ask the `remap serve --control PATH` that serves the pair to move the blocks live
+    /// (then every positional argument is a block).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
 
     /// Move a block whose data cannot be read anyway, with zeroes in its place. Its old
     /// data is lost; without this flag such a block is refused.
@@ -44,14 +64,88 @@ pub struct Args {
     pub zero_unreadable: bool,
 }
 
+/// With --control, MAIN and SPARE took the first blocks: give them back.
+fn control_blocks(args: &Args) -> Result<Vec<BlockRange>, CliError> {
+    let mut blocks = Vec::new();
+    for p in [&args.main, &args.spare].into_iter().flatten() {
+        let text = p.to_string_lossy();
+        for part in text.split(',') {
+            blocks.push(part.parse().map_err(|e| CliError::Usage {
+                message: format!("invalid block {part:?}: {e}"),
+            })?);
+        }
+    }
+    blocks.extend_from_slice(&args.blocks);
+    Ok(blocks)
+}
+
+fn no_blocks() -> CliError {
+    CliError::Usage {
+        message: "no blocks given: name at least one BLOCK or BLOCK-BLOCK to move".to_string(),
+    }
+}
+
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Some(path) = &args.control {
+        let blocks = control_blocks(args)?;
+        if blocks.is_empty() {
+            return Err(no_blocks());
+        }
+        let reply: MapReply = control::call_as(
+            path,
+            &Request::Map {
+                blocks,
+                zero_unreadable: args.zero_unreadable,
+            },
+        )?;
+        for r in &reply.results {
+            match (r.outcome.as_str(), r.spare_block, &r.error) {
+                ("mapped", Some(spare), _) => {
+                    writeln!(out, "block {} -> spare block {spare}: data copied", r.block)?;
+                }
+                ("zeroed", Some(spare), _) => writeln!(
+                    out,
+                    "block {} -> spare block {spare}: data unreadable, zeroes written in its place",
+                    r.block
+                )?,
+                ("already", Some(spare), _) => writeln!(
+                    out,
+                    "block {} is already on spare block {spare}: unchanged",
+                    r.block
+                )?,
+                (_, _, Some(e)) => eprintln!("remap: {e}"),
+                (other, _, None) => writeln!(out, "block {}: {other}", r.block)?,
+            }
+        }
+        writeln!(
+            out,
+            "map: {} moved, {} already in place, {} failed, of {} requested",
+            reply.moved, reply.unchanged, reply.failed, reply.requested
+        )?;
+        if let Some(e) = reply.stopped_by {
+            return Err(control::ControlError::Refused {
+                path: path.clone(),
+                message: e,
+            }
+            .into());
+        }
+        if reply.failed > 0 {
+            return Err(CliError::BlocksFailed {
+                path: path.clone(),
+                failed: reply.failed,
+                requested: reply.requested,
+            });
+        }
+        return Ok(());
+    }
+    let (Some(main), Some(spare)) = (&args.main, &args.spare) else {
+        return Err(no_blocks());
+    };
+    if args.blocks.is_empty() {
+        return Err(no_blocks());
+    }
     let blocks = BlockList::new(&args.blocks);
-    let pair = Pair::open(
-        &args.pair.main,
-        &args.pair.spare,
-        Access::ReadWrite,
-        Access::ReadWrite,
-    )?;
+    let pair = Pair::open(main, spare, Access::ReadWrite, Access::ReadWrite)?;
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     let opened = pair.into_device()?;
     let device = &opened.device;

@@ -2,9 +2,17 @@
 //! with faults injected on the main device for testers.
 //!
 //! The pair is opened read-write and locked for the life of the server, so other `remap`
-//! commands on it say "in use by pid N". SIGINT or SIGTERM stops accepting, lets requests in
-//! flight finish, flushes, checkpoints, and exits 0; a second signal exits at once (what the
-//! journal already holds survives, as after a crash).
+//! commands on it say "in use by pid N"; with `--control PATH` they ask the server instead
+//! (status, health, map, scrub, set), and `--metrics ADDR` serves the live figures to
+//! Prometheus. SIGINT or SIGTERM stops accepting, lets requests in flight finish, stops a
+//! background scrub (saving its cursor), flushes, checkpoints, and exits 0; a second signal
+//! exits at once (what the journal already holds survives, as after a crash).
+//!
+//! On exit it prints a summary whose lines a test harness can parse: `served:
+//! connections=N requests=N errors=N bytes_read=N bytes_written=N`, `device: ...`,
+//! `faults: injected_sticky_reads=N injected_sticky_writes=N injected_transient=N` (with
+//! fault injection), and `remapped: B,B,...` / `pending: B,...` (up to
+//! [`MAX_LISTED_BLOCKS`] blocks each).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,12 +20,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use remap_core::testing::FaultyBackend;
-use remap_core::{BlockBackend, FileBackend, RemapDevice};
+use remap_core::{BlockBackend, FileBackend};
 use remap_nbd::{BlockStateSource, ListenAddr, Server, ServerConfig};
 
 use crate::blocks::{BlockList, BlockRange};
+use crate::control::ControlServer;
 use crate::devices::{Access, Pair};
 use crate::error::CliError;
+use crate::live::{Live, ServedDevice};
+use crate::metrics::MetricsServer;
+
+/// Blocks listed by number in the exit summary's `remapped:` and `pending:` lines; beyond
+/// this only the count is printed (`remap dump` lists them all).
+pub const MAX_LISTED_BLOCKS: usize = 1000;
 
 /// The most blocks the fault lists may name together: each is kept in memory.
 pub const MAX_FAULT_BLOCKS: u64 = 1 << 20;
@@ -35,11 +50,18 @@ spare and succeeds, a read of a --fail-read block fails with EIO and marks it pe
 a whole-block write moves it. --flaky fails that fraction of all MAIN reads and writes,
 reproducibly for a given --seed.
 
+Operating a served pair (it is locked, so the other commands ask the server):
+  remap status --control /run/remap.ctl         live figures (--json for programs)
+  remap health --control /run/remap.ctl         verdict, reasons, rates, projection
+  remap map --control /run/remap.ctl 1234       move a block now
+  remap scrub --control /run/remap.ctl          background scrub; --status, --stop
+  curl http://127.0.0.1:9187/metrics            with --metrics 127.0.0.1:9187
+
 Examples:
   remap serve --demo
-  remap serve /dev/sdb /dev/sdc1
+  remap serve /dev/sdb /dev/sdc1 --control /run/remap.ctl --metrics 127.0.0.1:9187
   remap serve main.img spare.img --socket /tmp/remap.sock --read-only
-  remap serve main.img spare.img --fail-write 100-199 --fail-read 7 --flaky 0.001 --seed 42";
+  remap serve main.img spare.img --create --fail-write 100-199 --fail-read 7 --flaky 0.001 --seed 42";
 
 /// Export the remapped device over NBD until SIGINT or SIGTERM.
 ///
@@ -102,6 +124,21 @@ pub struct Args {
     /// Seed for --flaky: the same seed fails the same requests.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+
+    /// Control socket for the other `remap` commands (status, health, map, scrub, set
+    /// with --control PATH). Created mode 0600, removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Format SPARE first if it holds no remap metadata (as `remap create MAIN SPARE` with
+    /// the defaults would); a formatted SPARE is used as it is. For testers and scripts that
+    /// start from blank files.
+    #[arg(long)]
+    pub create: bool,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -114,8 +151,6 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
     Ok(rate)
 }
-
-type Device = RemapDevice<Arc<dyn BlockBackend>, Arc<FileBackend>>;
 
 /// Where `--demo` keeps its pair, relative to the current directory.
 pub const DEMO_DIR: &str = "remap-demo";
@@ -157,25 +192,32 @@ fn prepare_demo(out: &mut dyn Write) -> Result<(PathBuf, PathBuf), CliError> {
         }
     }
     let pair = Pair::open(&main, &spare, Access::ReadOnly, Access::ReadWrite)?;
-    if pair.superblock()?.is_none() {
-        remap_meta::create(
-            &pair.spare,
-            pair.main.size_bytes(),
-            pair.identity,
-            &remap_meta::CreateOptions::default(),
-        )
-        .map_err(|source| CliError::Create {
-            path: spare.clone(),
-            source: Box::new(source),
-        })?;
-        writeln!(
-            out,
-            "formatted {} as the spare for {}",
-            spare.display(),
-            main.display()
-        )?;
-    }
+    format_if_blank(&pair, out)?;
     Ok((main, spare))
+}
+
+/// Format the pair's spare with the defaults unless it already holds remap metadata.
+fn format_if_blank(pair: &Pair, out: &mut dyn Write) -> Result<(), CliError> {
+    if pair.superblock()?.is_some() {
+        return Ok(());
+    }
+    remap_meta::create(
+        &pair.spare,
+        pair.main.size_bytes(),
+        pair.identity,
+        &remap_meta::CreateOptions::default(),
+    )
+    .map_err(|source| CliError::Create {
+        path: pair.spare_path.clone(),
+        source: Box::new(source),
+    })?;
+    writeln!(
+        out,
+        "formatted {} as the spare for {}",
+        pair.spare_path.display(),
+        pair.main_path.display()
+    )?;
+    Ok(())
 }
 
 /// What to type in another terminal, with offsets that hit the demo's failing blocks.
@@ -242,7 +284,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     };
     let injects_faults = !fail_read.is_empty() || !fail_write.is_empty() || args.flaky > 0.0;
     let pair = Pair::open(&main, &spare, Access::ReadWrite, Access::ReadWrite)?;
+    if args.create {
+        format_if_blank(&pair, out)?;
+    }
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
+    let spare_size = pair.spare.size_bytes();
     // Fault lists are checked against the device before anything starts. Without a valid
     // superblock, opening the device below reports why.
     let block_size = match pair.superblock()? {
@@ -267,7 +313,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         faulty = Some(f.clone());
         f
     })?;
-    let device: Arc<Device> = Arc::new(opened.device);
+    let superblock = opened.superblock;
+    let device: Arc<ServedDevice> = Arc::new(opened.device);
     let before = device.stats();
 
     let mut listen: Vec<ListenAddr> = args.listen.iter().copied().map(ListenAddr::Tcp).collect();
@@ -335,6 +382,43 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             args.seed
         )?;
     }
+    // The operator side: windows fed every second, the control socket, the metrics.
+    let live = Live::new(
+        device.clone(),
+        main_path.clone(),
+        spare_path.clone(),
+        spare_size,
+        superblock,
+    );
+    let mut helpers = vec![live.spawn_feeder().map_err(|source| CliError::Thread {
+        what: "health window",
+        source,
+    })?];
+    if let Some(path) = &args.control {
+        let control = ControlServer::bind(path)?;
+        helpers.push(
+            control
+                .spawn(live.clone())
+                .map_err(|source| CliError::Thread {
+                    what: "control socket",
+                    source,
+                })?,
+        );
+        writeln!(out, "control socket {}", path.display())?;
+    }
+    if let Some(addr) = args.metrics {
+        let metrics = MetricsServer::bind(addr)?;
+        let at = metrics.local_addr();
+        helpers.push(
+            metrics
+                .spawn(live.clone())
+                .map_err(|source| CliError::Thread {
+                    what: "metrics",
+                    source,
+                })?,
+        );
+        writeln!(out, "metrics on http://{at}/metrics")?;
+    }
     for addr in server.local_addrs() {
         writeln!(out, "listening on {addr}")?;
     }
@@ -354,6 +438,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     out.flush()?;
 
     let served = server.run();
+    // Stop the operator side first: the background scrub saves its cursor, control
+    // commands in progress finish, the socket file goes.
+    live.stop();
+    for h in helpers {
+        if h.join().is_err() {
+            tracing::error!("a helper thread of the server panicked");
+        }
+    }
     // Whatever the server did, end with a clean shutdown of the device: flush + checkpoint.
     let shutdown = device.shutdown();
     let summary = served.map_err(|source| CliError::Serve {
@@ -368,7 +460,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let after = device.stats();
     writeln!(
         out,
-        "stopped: {} connections, {} requests, {} errors, {} bytes read, {} bytes written",
+        "served: connections={} requests={} errors={} bytes_read={} bytes_written={}",
         summary.connections,
         summary.requests,
         summary.errors,
@@ -388,9 +480,27 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         let injected = f.injected();
         writeln!(
             out,
-            "injected: {} sticky read faults, {} sticky write faults, {} transient faults",
+            "faults: injected_sticky_reads={} injected_sticky_writes={} injected_transient={}",
             injected.sticky_reads, injected.sticky_writes, injected.transient
         )?;
+    }
+    let entries = device.entries(0, u64::MAX);
+    for (label, remapped) in [("remapped", true), ("pending", false)] {
+        let blocks: Vec<u64> = entries
+            .iter()
+            .filter(|(_, e)| e.is_remapped() == remapped)
+            .map(|(lba, _)| *lba)
+            .collect();
+        if blocks.len() > MAX_LISTED_BLOCKS {
+            writeln!(
+                out,
+                "{label}: {} blocks (`remap dump` lists them)",
+                blocks.len()
+            )?;
+        } else {
+            let list: Vec<String> = blocks.iter().map(u64::to_string).collect();
+            writeln!(out, "{label}: {}", list.join(","))?;
+        }
     }
     Ok(())
 }

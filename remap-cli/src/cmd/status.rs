@@ -1,5 +1,6 @@
 //! `remap status MAIN SPARE`: geometry, spare use, remapped and pending counts, health,
 //! sequence numbers and lifetime counters, read from the spare without writing anything.
+//! `remap status --control PATH`: the same figures, live, from a running `remap serve`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,18 +9,24 @@ use std::path::Path;
 use remap_core::health::{HealthInputs, evaluate};
 use remap_core::{BlockBackend, HealthReport, HealthThresholds, StatsSnapshot};
 use remap_meta::{DeviceIdentity, Geometry, Recovered, RecoveryReport, counters};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::cmd::PairArgs;
 use crate::cmd::create::{identity_text, uuid_text};
+use crate::cmd::{Target, TargetArgs};
+use crate::control::{self, Request};
 use crate::devices::{Access, Pair};
 use crate::error::CliError;
 use crate::units;
 
 const AFTER_HELP: &str = "\
+With --control, the figures come live from the `remap serve --control PATH` that holds the
+pair: counters as they are now (every statistic, the latency histogram), the background
+scrub's progress, and the newest durable metadata sequence number.
+
 Examples:
   remap status /dev/sdb /dev/sdc1
-  remap status main.img spare.img --json | jq .health.state";
+  remap status main.img spare.img --json | jq .health.state
+  remap status --control /run/remap.ctl --json | jq .stats.remaps";
 
 /// Show geometry, spare use, remapped and pending counts, health and counters.
 ///
@@ -30,10 +37,13 @@ Examples:
 /// Opens both devices read-only under a shared lock and writes nothing. Refuses a MAIN that
 /// is not the device SPARE was formatted for.
 #[derive(Debug, clap::Args)]
-#[command(after_help = AFTER_HELP)]
+#[command(
+    after_help = AFTER_HELP,
+    override_usage = "remap status [OPTIONS] <MAIN> <SPARE>\n       remap status [OPTIONS] --control <PATH>"
+)]
 pub struct Args {
     #[command(flatten)]
-    pub pair: PairArgs,
+    pub target: TargetArgs,
 
     /// Print the status as JSON.
     #[arg(long)]
@@ -46,7 +56,7 @@ pub struct DeviceSection<'a> {
     pub size_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpareSection {
     pub total: u64,
     pub used: u64,
@@ -56,7 +66,7 @@ pub struct SpareSection {
     pub capacity_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlockSection {
     pub remapped: u64,
     pub pending: u64,
@@ -169,9 +179,26 @@ pub fn gather<'a>(
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let pair_args = match args.target.target() {
+        Target::Pair(p) => p,
+        Target::Control(path) => {
+            let v = control::call(&path, &Request::Status {})?;
+            if args.json {
+                serde_json::to_writer_pretty(&mut *out, &v).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            let s: LiveStatus =
+                serde_json::from_value(v).map_err(|e| control::ControlError::Protocol {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            return print_live_human(&s, out);
+        }
+    };
     let pair = Pair::open(
-        &args.pair.main,
-        &args.pair.spare,
+        &pair_args.main,
+        &pair_args.spare,
         Access::ReadOnly,
         Access::ReadOnly,
     )?;
@@ -288,6 +315,151 @@ fn print_human(s: &Status<'_>, out: &mut dyn Write) -> Result<(), CliError> {
     for name in counters::NAMES {
         if let Some(v) = s.counters.get(name) {
             writeln!(out, "  {name:<24}{v}")?;
+        }
+    }
+    Ok(())
+}
+
+/// A device path and size, owned (the live status travels over the control socket).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnedDevice {
+    pub path: std::path::PathBuf,
+    pub size_bytes: u64,
+}
+
+/// The serving process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSection {
+    pub pid: u32,
+    /// When the server started (UTC).
+    pub started: String,
+    pub uptime_s: u64,
+}
+
+/// Metadata sequence numbers a live device knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveSequence {
+    /// Sequence number of the newest durable metadata change.
+    pub newest_durable: u64,
+    /// Sequence number the next journal block will carry.
+    pub journal_next: u64,
+}
+
+/// Everything `remap status --control` shows; `--json` prints exactly this. The keys of
+/// `remap status --json` are kept where a live device has the figure; `stats` adds every
+/// live counter and gauge (including scrub counters and the latency histogram, buckets in
+/// log2 nanoseconds), and `scrub` the background scrub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveStatus {
+    pub live: LiveSection,
+    pub main: OwnedDevice,
+    pub spare: OwnedDevice,
+    pub uuid: String,
+    pub created: String,
+    pub main_blocks: u64,
+    pub geometry: serde_json::Value,
+    pub spares: SpareSection,
+    pub blocks: BlockSection,
+    pub health: crate::health::Verdict,
+    pub thresholds: HealthThresholds,
+    /// Extra attempts for a failing read.
+    pub read_retries: u32,
+    pub sequence: LiveSequence,
+    pub scrub_cursor: u64,
+    pub scrub_passes: u64,
+    pub scrub: crate::scrub::ScrubStatus,
+    /// The lifetime counters (the names `remap status` shows), live.
+    pub counters: BTreeMap<String, u64>,
+    /// Every statistic of the device, live.
+    pub stats: serde_json::Value,
+}
+
+fn print_live_human(s: &LiveStatus, out: &mut dyn Write) -> Result<(), CliError> {
+    let block_size = s.spares.block_size;
+    writeln!(
+        out,
+        "serving   pid {}, since {} ({} s)",
+        s.live.pid, s.live.started, s.live.uptime_s
+    )?;
+    writeln!(
+        out,
+        "main      {}: {}",
+        s.main.path.display(),
+        units::bytes(s.main.size_bytes)
+    )?;
+    writeln!(
+        out,
+        "          {} blocks of {} bytes",
+        s.main_blocks, block_size
+    )?;
+    writeln!(
+        out,
+        "spare     {}: {}",
+        s.spare.path.display(),
+        units::bytes(s.spare.size_bytes)
+    )?;
+    writeln!(out, "          uuid {}, created {}", s.uuid, s.created)?;
+    let reasons = if s.health.reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", s.health.reasons.join("; "))
+    };
+    writeln!(out, "health    {}{reasons}", s.health.state)?;
+    writeln!(
+        out,
+        "          error rate {} ppm, spare use {} %, {} pending",
+        s.health.error_rate_ppm, s.health.spare_used_pct, s.health.pending
+    )?;
+    writeln!(
+        out,
+        "spares    {} total, {} used, {} free, {} retired; capacity {}",
+        s.spares.total,
+        s.spares.used,
+        s.spares.free,
+        s.spares.retired,
+        units::bytes(s.spares.capacity_bytes)
+    )?;
+    writeln!(
+        out,
+        "blocks    {} remapped, {} pending ({} of {} table entries)",
+        s.blocks.remapped, s.blocks.pending, s.blocks.table_entries, s.blocks.table_capacity
+    )?;
+    writeln!(
+        out,
+        "sequence  newest durable metadata change {}",
+        s.sequence.newest_durable
+    )?;
+    let sc = &s.scrub;
+    writeln!(
+        out,
+        "scrub     cursor at block {}, {} passes completed; background scrub {}{}",
+        s.scrub_cursor,
+        s.scrub_passes,
+        sc.state.as_str(),
+        if sc.state == crate::scrub::ScrubState::Idle {
+            String::new()
+        } else {
+            format!(
+                " (block {} of {}, {} unreadable found)",
+                sc.cursor, sc.end_block, sc.unreadable_count
+            )
+        }
+    )?;
+    let latency = &s.stats["latency"];
+    let count = latency["count"].as_u64().unwrap_or(0);
+    let total = latency["total_ns"].as_u64().unwrap_or(0);
+    writeln!(
+        out,
+        "latency   {} I/Os, average {} µs",
+        count,
+        total.checked_div(count).unwrap_or(0) / 1000
+    )?;
+    writeln!(out, "counters (live)")?;
+    if let Some(map) = s.stats.as_object() {
+        for (name, value) in map {
+            if let Some(v) = value.as_u64() {
+                writeln!(out, "  {name:<24}{v}")?;
+            }
         }
     }
     Ok(())
