@@ -10,14 +10,40 @@ use std::str::FromStr;
 
 use crate::error::CliError;
 
-/// An inclusive run of blocks `first..=last`. In control-socket requests it travels as
-/// `{"first": N, "last": M}`.
+/// An inclusive run of blocks `first..=last`, `first <= last`. In control-socket requests
+/// it travels as `{"first": N, "last": M}`; a reversed one is refused while decoding.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
+#[serde(try_from = "RawRange")]
 pub struct BlockRange {
     pub first: u64,
     pub last: u64,
+}
+
+/// A range as decoded, before its order is checked.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    first: u64,
+    last: u64,
+}
+
+impl TryFrom<RawRange> for BlockRange {
+    type Error = BlockSyntaxError;
+
+    fn try_from(r: RawRange) -> Result<Self, Self::Error> {
+        if r.first > r.last {
+            return Err(BlockSyntaxError::Reversed {
+                first: r.first,
+                last: r.last,
+            });
+        }
+        Ok(BlockRange {
+            first: r.first,
+            last: r.last,
+        })
+    }
 }
 
 /// Why a block list argument does not parse.
@@ -162,6 +188,19 @@ mod tests {
             r("9-3"),
             Err(BlockSyntaxError::Reversed { first: 9, last: 3 })
         );
+    }
+
+    #[test]
+    fn decoding_refuses_reversed_ranges() {
+        let ok: BlockRange = serde_json::from_str(r#"{"first":3,"last":9}"#).unwrap();
+        assert_eq!(ok, BlockRange { first: 3, last: 9 });
+        for bad in [
+            r#"{"first":9,"last":3}"#,
+            r#"{"first":1}"#,
+            r#"{"first":1,"last":2,"x":0}"#,
+        ] {
+            assert!(serde_json::from_str::<BlockRange>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -310,12 +310,14 @@ impl ControlServer {
                 continue;
             }
             active.fetch_add(1, Ordering::Relaxed);
-            let (live, active) = (live.clone(), active.clone());
+            let slot = Slot(active.clone());
+            let live = live.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("remap-control-{id}"))
                 .spawn(move || {
+                    // Released on return and on unwinding alike.
+                    let _slot = slot;
                     serve_connection(stream, id, &live);
-                    active.fetch_sub(1, Ordering::Relaxed);
                 });
             match spawned {
                 Ok(h) => handlers.push(h),
@@ -328,6 +330,15 @@ impl ControlServer {
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the control socket");
         }
+    }
+}
+
+/// One of the [`MAX_CONNECTIONS`] connection slots, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
