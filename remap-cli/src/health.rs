@@ -415,6 +415,21 @@ fn duration(seconds: f64) -> String {
     }
 }
 
+/// Words of `text` in lines of at most `width` characters (longer words alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.len() + 1 + word.len() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
+}
+
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
@@ -481,7 +496,17 @@ pub fn print_human(v: &HealthView, out: &mut dyn Write) -> Result<(), CliError> 
         (None, Some(why)) => writeln!(out, "projection  none: {why}")?,
         (None, None) => writeln!(out, "projection  none")?,
     }
-    writeln!(out, "rates       {}", v.rates.basis)?;
+    for (i, line) in wrap(&v.rates.basis, 76).iter().enumerate() {
+        writeln!(
+            out,
+            "{}{line}",
+            if i == 0 {
+                "rates       "
+            } else {
+                "            "
+            }
+        )?;
+    }
     writeln!(
         out,
         "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
