@@ -230,7 +230,7 @@ impl Collector for DeviceCollector {
         )?;
         gauge(
             &mut e,
-            "spares_total",
+            "spare_pool_blocks",
             "Spare blocks in the pool",
             s.spares_total,
         )?;
