@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 /// `GET PATH` with extra header lines; returns (status line, headers, body).
 fn http(addr: &str, method: &str, path: &str, headers: &str) -> (String, String, String) {
