@@ -37,6 +37,7 @@ pub mod block_status;
 pub mod error;
 mod export;
 mod handshake;
+mod input;
 pub mod proto;
 pub mod server;
 mod socket;

@@ -17,7 +17,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -36,6 +35,7 @@ use crate::block_status::BlockStateSource;
 use crate::error::ServerError;
 use crate::export::{BlockSizes, Export, check_wire_string};
 use crate::handshake;
+use crate::input::Input;
 use crate::socket::{Socket, SocketReader};
 use crate::transmission::{Connection, End, Limits};
 
@@ -544,7 +544,11 @@ fn serve_connection(shared: &Shared, socket: Arc<Socket>, peer: &str, id: u64) {
         tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
         return;
     }
-    let mut reader = BufReader::with_capacity(READ_BUFFER, SocketReader::new(socket.clone()));
+    let mut reader = Input::new(
+        SocketReader::new(socket.clone()),
+        READ_BUFFER,
+        crate::proto::REQUEST_HEADER_LEN,
+    );
     // The whole negotiation must finish within the timeout, not each read.
     if let Err(e) = reader
         .get_mut()

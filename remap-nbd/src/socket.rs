@@ -75,7 +75,7 @@ impl Write for &Socket {
     }
 }
 
-/// The read side of a shared socket, for a `BufReader`, with an optional deadline for all
+/// The read side of a shared socket, for an [`Input`](crate::input::Input), with an optional deadline for all
 /// reads together (the negotiation must finish in time even if the client trickles bytes).
 #[derive(Debug)]
 pub(crate) struct SocketReader {

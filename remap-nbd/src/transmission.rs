@@ -30,7 +30,7 @@
 //! been answered.
 
 use std::borrow::Cow;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +43,7 @@ use crate::block_status::{Extent, MetaContext};
 use crate::error::TransmissionError;
 use crate::export::Export;
 use crate::handshake::Negotiated;
+use crate::input::Input;
 use crate::proto::{
     Command, OFFSET_DATA_HEADER_LEN, REQUEST_HEADER_LEN, RequestHeader, SIMPLE_REPLY_LEN, chunk,
     chunk_header, command_flags as cf, nbd_error, nbd_error_from_errno, offset_data_header,
@@ -209,7 +210,7 @@ pub(crate) struct Connection {
     socket: Arc<Socket>,
     /// The read side. A std (futex) mutex rather than parking_lot's: it is held across a
     /// blocking `read`, so spinning and yielding for it only burns CPU the workers need.
-    reader: std::sync::Mutex<BufReader<SocketReader>>,
+    reader: std::sync::Mutex<Input<SocketReader>>,
     /// Serializes replies so that they never interleave on the wire.
     writer: std::sync::Mutex<()>,
     closing: AtomicBool,
@@ -240,7 +241,7 @@ impl Connection {
         session: Negotiated,
         limits: Limits,
         socket: Arc<Socket>,
-        reader: BufReader<SocketReader>,
+        reader: Input<SocketReader>,
         server_stopping: Arc<AtomicBool>,
     ) -> Self {
         Connection {
@@ -352,18 +353,15 @@ impl Connection {
             return None;
         }
         // Tell "the client left between requests" from "the client broke off a request".
-        loop {
-            match input.fill_buf() {
-                Ok([]) => {
-                    self.finish(End::ClientClosed);
-                    return None;
-                }
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.finish(End::Failed(TransmissionError::ReadRequest(e)));
-                    return None;
-                }
+        match input.at_eof() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.finish(End::ClientClosed);
+                return None;
+            }
+            Err(e) => {
+                self.finish(End::Failed(TransmissionError::ReadRequest(e)));
+                return None;
             }
         }
         let mut head = [0u8; REQUEST_HEADER_LEN];
@@ -386,7 +384,7 @@ impl Connection {
                 reservation = Some(self.budget.reserve(request.len.into()));
                 input.read_exact(buffers.payload(request.len as usize))
             } else {
-                discard(&mut *input, request.len.into())
+                input.discard(request.len.into())
             };
             if let Err(source) = read {
                 self.finish(End::Failed(TransmissionError::ReadPayload {
@@ -740,14 +738,4 @@ impl Connection {
 /// state the next holder can still use: a buffered reader or nothing at all.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Read and drop `len` bytes, in small pieces.
-fn discard<R: Read>(input: &mut R, len: u64) -> io::Result<()> {
-    let copied = io::copy(&mut input.take(len), &mut io::sink())?;
-    if copied == len {
-        Ok(())
-    } else {
-        Err(io::ErrorKind::UnexpectedEof.into())
-    }
 }
