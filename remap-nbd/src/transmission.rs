@@ -525,6 +525,14 @@ impl Connection {
 
     fn execute(&self, job: Job<'_>, buffers: &mut Buffers) -> Result<(), TransmissionError> {
         let request = job.request;
+        // Room for the data a read brings in, held until its reply has been sent.
+        let _room = match job.checked {
+            Ok(Command::Read) if request.len > 0 => Some(self.budget.reserve(request.len.into())),
+            Ok(Command::Cache) => {
+                Some(self.budget.reserve(u64::from(request.len).min(CACHE_PIECE)))
+            }
+            _ => None,
+        };
         let outcome = match job.checked {
             Err(rejection) => Outcome::Failed(rejection),
             Ok(command) => self.run(command, &request, buffers),
@@ -549,7 +557,6 @@ impl Connection {
                 if len == 0 {
                     return Outcome::Done;
                 }
-                let _room = self.budget.reserve(len);
                 match backend.read_at(r.offset, buffers.payload(len as usize)) {
                     Ok(()) => {
                         self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
@@ -598,7 +605,6 @@ impl Connection {
             Command::Cache => {
                 // Read ahead (and let a failing block show itself now, not later).
                 let piece = len.min(CACHE_PIECE);
-                let _room = self.budget.reserve(piece);
                 let mut at = 0;
                 while at < len {
                     let step = (len - at).min(piece);

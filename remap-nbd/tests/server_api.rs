@@ -275,6 +275,81 @@ fn negotiation_has_a_deadline_even_for_a_client_that_trickles_bytes() {
     running.join().expect("thread").expect("run");
 }
 
+/// A slow memory disk that records the most bytes being read at once.
+#[derive(Debug)]
+struct PeakProbe {
+    inner: MemBackend,
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl BlockBackend for PeakProbe {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let n = buf.len() as u64;
+        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        let r = self.inner.read_at(offset, buf);
+        self.now.fetch_sub(n, Ordering::SeqCst);
+        r
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), IoError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn bytes_in_flight_per_connection_stay_under_the_limit() {
+    for (limit, expect_overlap) in [(1u64 << 20, false), (8 << 20, true)] {
+        let disk = Arc::new(PeakProbe {
+            inner: MemBackend::new(16 << 20),
+            now: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        });
+        let server = Server::new(
+            disk.clone(),
+            None,
+            ServerConfig {
+                listen: local(),
+                max_request_bytes: 1 << 20,
+                max_inflight_bytes: limit,
+                ..ServerConfig::default()
+            },
+        )
+        .expect("server");
+        let tcp = tcp_of(&server);
+        let (stop, running) = spawn(server);
+        let (mut c, _, _) = Raw::tcp(tcp).negotiate("", true, &[]);
+        for cookie in 0..8u64 {
+            c.request(0, CMD_READ, cookie, cookie << 20, 1 << 20)
+                .expect("send");
+        }
+        for _ in 0..8 {
+            c.reply().expect("reply");
+        }
+        let peak = disk.peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= limit,
+            "{peak} bytes in flight with a limit of {limit}"
+        );
+        if expect_overlap {
+            assert!(
+                peak > 1 << 20,
+                "reads never overlapped under a limit of {limit}"
+            );
+        }
+        c.disconnect();
+        stop.shutdown();
+        running.join().expect("thread").expect("run");
+    }
+}
+
 #[test]
 fn requests_run_concurrently_and_replies_come_out_of_order() {
     let disk = counting_disk(32 << 20);
