@@ -201,7 +201,9 @@ fn help_explains_every_command_with_an_example() {
     let o = remap(&["--help"]);
     assert_eq!(code(&o), 0);
     let top = stdout(&o);
-    for cmd in ["create", "status", "dump", "map", "unmap", "check"] {
+    for cmd in [
+        "create", "status", "dump", "map", "unmap", "check", "scrub", "health", "set",
+    ] {
         assert!(top.contains(cmd), "{cmd} missing from remap --help");
         let o = remap(&[cmd, "--help"]);
         assert_eq!(code(&o), 0, "{cmd} --help");

@@ -159,6 +159,17 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
         });
     }
     let settings = device.settings();
+    if let Some(to) = args.to
+        && args.from.is_none()
+        && settings.scrub_cursor > to
+    {
+        return Err(CliError::Usage {
+            message: format!(
+                "the saved scrub cursor (block {}) is already past --to {to}; give --from to check an earlier range",
+                settings.scrub_cursor
+            ),
+        });
+    }
     let rate = bytes_per_s(args.rate);
     let plan = ScrubPlan {
         first: args.from.unwrap_or(settings.scrub_cursor.min(blocks)),
