@@ -297,6 +297,17 @@ pub enum Op {
     },
     /// Every later metadata commit fails (only with a harness that can do it).
     FailCommits,
+    /// Move block `block` to a spare now, copying its data (`remap map`); with
+    /// `zero_unreadable`, an unreadable block is mapped with zeroes.
+    MapBlock {
+        block: u64,
+        zero_unreadable: bool,
+    },
+    /// Move block `block` back to main, verified (`remap unmap`). Only generated for blocks
+    /// whose spare has no injected fault, so freed spares stay healthy.
+    UnmapBlock {
+        block: u64,
+    },
     /// Power loss: each unflushed write on main and spare survives, vanishes or is torn at
     /// 512 bytes as `seed` decides; then the device is reopened.
     Crash {
@@ -478,6 +489,11 @@ impl Model {
                 self.commits_fail = true;
                 Expect::Nothing
             }
+            Op::MapBlock {
+                block,
+                zero_unreadable,
+            } => self.map_block(block, zero_unreadable),
+            Op::UnmapBlock { block } => self.unmap_block(block),
             Op::Crash { .. } => self.crash(),
         };
     }
@@ -618,6 +634,81 @@ impl Model {
         }
     }
 
+    fn map_block(&mut self, b: u64, zero_unreadable: bool) -> Expect {
+        if self.poisoned {
+            return Expect::Failure { errno: errno::EIO };
+        }
+        let g = self.geometry;
+        let i = b as usize;
+        let readable = match self.places[i] {
+            Place::Spare => return Expect::Failure { errno: errno::EIO },
+            Place::Main | Place::Pending { main_current: true } => {
+                !self.main_reads_fail(g.block_sectors(b))
+            }
+            Place::Pending {
+                main_current: false,
+            } => false,
+        };
+        if !readable && !zero_unreadable {
+            return Expect::Failure { errno: errno::EIO };
+        }
+        if self.free_spares() == 0 {
+            return Expect::Failure {
+                errno: errno::ENOSPC,
+            };
+        }
+        self.places[i] = Place::Spare;
+        self.spare_faults[i] = SpareFault::default();
+        let commit_failed = self.commit(true);
+        for s in g.block_sectors(b) {
+            let st = &mut self.sectors[s as usize];
+            if !readable {
+                st.now = ValueSet::single(0);
+                st.epoch += 1;
+            }
+            if commit_failed {
+                st.after_crash.insert(0);
+            } else {
+                // The spare was flushed and the mapping committed before the reply.
+                st.after_crash = st.now.clone();
+            }
+        }
+        if commit_failed {
+            Expect::Failure { errno: errno::EIO }
+        } else {
+            Expect::Success
+        }
+    }
+
+    fn unmap_block(&mut self, b: u64) -> Expect {
+        if self.poisoned {
+            return Expect::Failure { errno: errno::EIO };
+        }
+        let g = self.geometry;
+        let i = b as usize;
+        let sectors = g.block_sectors(b);
+        if self.places[i] != Place::Spare
+            || self.spare_faults[i].reads
+            || self.main_writes_fail(sectors.clone())
+            || self.main_reads_fail(sectors.clone())
+        {
+            // Not remapped, its spare cannot be read, or main still fails there (the data
+            // is written to main and read back before anything changes): refused.
+            return Expect::Failure { errno: errno::EIO };
+        }
+        self.places[i] = Place::Main;
+        self.spare_faults[i] = SpareFault::default();
+        if self.commit(true) {
+            return Expect::Failure { errno: errno::EIO };
+        }
+        // Main was written and flushed before the mapping changed.
+        for s in sectors {
+            let st = &mut self.sectors[s as usize];
+            st.after_crash = st.now.clone();
+        }
+        Expect::Success
+    }
+
     fn trim(&mut self, start: u64, count: u64) -> Expect {
         if self.poisoned {
             return Expect::Failure { errno: errno::EIO };
@@ -677,7 +768,12 @@ impl Model {
             | Op::Trim { sector, count }
             | Op::FailMainReads { sector, count }
             | Op::FailMainWrites { sector, count } => g.fits(sector, count),
-            Op::FailSpare { block, .. } => block < g.blocks(),
+            Op::FailSpare { block, .. } | Op::MapBlock { block, .. } => block < g.blocks(),
+            Op::UnmapBlock { block } => {
+                block < g.blocks()
+                    && (self.places[block as usize] != Place::Spare
+                        || self.spare_faults[block as usize] == SpareFault::default())
+            }
             Op::FailCommits => self.can_fail_commits,
             Op::Flush | Op::Crash { .. } => true,
         }
@@ -701,6 +797,8 @@ pub struct Coverage {
     pub crash_values_lost: u64,
     pub commit_failures: u64,
     pub uncertain_sectors_read: u64,
+    pub maps_done: u64,
+    pub unmaps_done: u64,
 }
 
 mod counters {
@@ -717,6 +815,8 @@ mod counters {
     pub static CRASH_VALUES_LOST: AtomicU64 = AtomicU64::new(0);
     pub static COMMIT_FAILURES: AtomicU64 = AtomicU64::new(0);
     pub static UNCERTAIN_SECTORS_READ: AtomicU64 = AtomicU64::new(0);
+    pub static MAPS_DONE: AtomicU64 = AtomicU64::new(0);
+    pub static UNMAPS_DONE: AtomicU64 = AtomicU64::new(0);
 }
 
 fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -740,6 +840,8 @@ pub fn coverage() -> Coverage {
         crash_values_lost: CRASH_VALUES_LOST.load(Relaxed),
         commit_failures: COMMIT_FAILURES.load(Relaxed),
         uncertain_sectors_read: UNCERTAIN_SECTORS_READ.load(Relaxed),
+        maps_done: MAPS_DONE.load(Relaxed),
+        unmaps_done: UNMAPS_DONE.load(Relaxed),
     }
 }
 
@@ -922,12 +1024,27 @@ impl<H: Harness> ReferenceStateMachine for ModelTest<H> {
         let remapped: Vec<u64> = (0..g.blocks())
             .filter(|&b| state.places[b as usize] == Place::Spare)
             .collect();
+        let unmappable: Vec<u64> = remapped
+            .iter()
+            .copied()
+            .filter(|&b| state.spare_faults[b as usize] == SpareFault::default())
+            .collect();
         let spare_fault = if remapped.is_empty() {
             (0..g.blocks()).boxed()
         } else {
             proptest::sample::select(remapped).boxed()
         };
-        let commit_weight = u32::from(H::CAN_FAIL_COMMITS && !state.commits_fail);
+        let unmap = if unmappable.is_empty() {
+            (0..g.blocks()).boxed()
+        } else {
+            proptest::sample::select(unmappable).boxed()
+        };
+        // Weights must not be 0: when commits cannot be failed, the arm yields a flush.
+        let commit_op = if H::CAN_FAIL_COMMITS && !state.commits_fail {
+            Op::FailCommits
+        } else {
+            Op::Flush
+        };
         prop_oneof![
             24 => range.clone().prop_map(|(sector, count)| Op::Read { sector, count }),
             24 => (range.clone(), proptest::bool::weighted(0.25))
@@ -961,7 +1078,11 @@ impl<H: Harness> ReferenceStateMachine for ModelTest<H> {
                 reads: kind != 1,
                 writes: kind != 0,
             }),
-            commit_weight => Just(Op::FailCommits),
+            1 => Just(commit_op),
+            2 => (0..g.blocks(), proptest::bool::weighted(0.3)).prop_map(
+                |(block, zero_unreadable)| Op::MapBlock { block, zero_unreadable }
+            ),
+            2 => unmap.prop_map(|block| Op::UnmapBlock { block }),
             4 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
         ]
         .boxed()
@@ -1344,6 +1465,23 @@ impl<H: Harness> StateMachineTest for ModelTest<H> {
                 let spare = sut.spare.clone();
                 sut.harness.fail_commits(&spare);
             }
+            Op::MapBlock {
+                block,
+                zero_unreadable,
+            } => {
+                let r = sut.device().map_block(block, zero_unreadable).map(|_| ());
+                if r.is_ok() {
+                    bump(&counters::MAPS_DONE);
+                }
+                check_outcome(step, &op, model.expect, r);
+            }
+            Op::UnmapBlock { block } => {
+                let r = sut.device().unmap_block(block);
+                if r.is_ok() {
+                    bump(&counters::UNMAPS_DONE);
+                }
+                check_outcome(step, &op, model.expect, r);
+            }
             Op::Crash { seed } => sut.crash(model, seed),
         }
         sut
@@ -1380,7 +1518,41 @@ pub fn seed_from_env() -> u64 {
 }
 
 /// The longest history a case generates.
-pub const MAX_OPS: usize = 40;
+pub const MAX_OPS: usize = 64;
+
+/// Silences the panic hook while proptest shrinks, remembering the last message.
+struct QuietPanics {
+    hook: Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>>,
+    last: Arc<Mutex<String>>,
+}
+
+impl QuietPanics {
+    fn install(last: Arc<Mutex<String>>) -> Self {
+        let hook = std::panic::take_hook();
+        let sink = last.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            *sink.lock() = info.to_string();
+        }));
+        QuietPanics {
+            hook: Some(hook),
+            last,
+        }
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        if let Some(hook) = self.hook.take() {
+            std::panic::set_hook(hook);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "model test panicked outside a test case: {}",
+                self.last.lock()
+            );
+        }
+    }
+}
 
 /// Run the model test over harness `H` with the case count and seed from the environment.
 /// Panics with the minimal failing history if the device breaks a rule.
@@ -1402,15 +1574,13 @@ pub fn run_with<H: Harness>(cases: u32, seed: u64) {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
     let mut runner = TestRunner::new_with_rng(config.clone(), rng);
     // Each shrinking step panics on purpose; keep those messages off the terminal and report
-    // the last one (the minimal failure's) below.
+    // the last one (the minimal failure's) below. The guard puts the usual hook back however
+    // this function ends, and prints the captured message if it ends in a panic of its own.
     let last_panic: Arc<Mutex<String>> = Arc::default();
-    let hook = std::panic::take_hook();
-    {
-        let last = last_panic.clone();
-        std::panic::set_hook(Box::new(move |info| {
-            *last.lock() = info.to_string();
-        }));
-    }
+    // REMAP_MODEL_VERBOSE=1 keeps every step's message on the terminal instead.
+    let _quiet = std::env::var_os("REMAP_MODEL_VERBOSE")
+        .is_none()
+        .then(|| QuietPanics::install(last_panic.clone()));
     let result = runner.run(
         &ModelTest::<H>::sequential_strategy(1..MAX_OPS),
         |(state, ops, seen)| {
@@ -1418,7 +1588,7 @@ pub fn run_with<H: Harness>(cases: u32, seed: u64) {
             Ok(())
         },
     );
-    std::panic::set_hook(hook);
+    drop(_quiet);
     match result {
         Ok(()) => {
             eprintln!("model test passed: {:?}", coverage());
