@@ -1520,9 +1520,11 @@ pub fn seed_from_env() -> u64 {
 /// The longest history a case generates.
 pub const MAX_OPS: usize = 64;
 
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
 /// Silences the panic hook while proptest shrinks, remembering the last message.
 struct QuietPanics {
-    hook: Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>>,
+    hook: Option<PanicHook>,
     last: Arc<Mutex<String>>,
 }
 
