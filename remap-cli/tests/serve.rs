@@ -436,8 +436,24 @@ fn demo_creates_a_pair_with_failing_blocks_and_keeps_it() {
     assert_eq!(c.read(1000 * BS, BS as u32).unwrap(), pattern(10));
     assert_eq!(c.read(2000 * BS, BS as u32), Err(EIO));
     c.disconnect();
-    let (code, _, err) = served.stop();
+    // The demo listens for control commands in its directory.
+    let ctl = dir.path().join("remap-demo/control.sock");
+    let o = remap(&["status", "--control", ctl.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let live: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(live["blocks"]["remapped"], 1);
+    assert_eq!(live["blocks"]["pending"], 1);
+    let (code, out, err) = served.stop();
     assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("remap status --control remap-demo/control.sock"),
+        "{out}"
+    );
 
     // A second demo keeps the pair and its table.
     let served = Served::start_in(dir.path(), &socket, &["--demo"]);

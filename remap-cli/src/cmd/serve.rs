@@ -83,7 +83,8 @@ pub struct Args {
 
     /// Serve a demonstration pair: creates (if absent) a sparse 1 GiB main and a formatted
     /// 64 MiB spare under ./remap-demo/, makes a few blocks fail (unless --fail-read or
-    /// --fail-write say otherwise), and prints commands to try.
+    /// --fail-write say otherwise), listens for control commands on
+    /// ./remap-demo/control.sock (unless --control), and prints commands to try.
     #[arg(long, conflicts_with_all = ["main", "spare"])]
     pub demo: bool,
 
@@ -220,6 +221,14 @@ fn format_if_blank(pair: &Pair, out: &mut dyn Write) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The demo's files, for the commands it prints.
+#[derive(Debug, Clone, Copy)]
+struct DemoPaths<'a> {
+    main: &'a std::path::Path,
+    spare: &'a std::path::Path,
+    control: Option<&'a std::path::Path>,
+}
+
 /// What to type in another terminal, with offsets that hit the demo's failing blocks.
 fn print_demo_commands(
     out: &mut dyn Write,
@@ -227,9 +236,13 @@ fn print_demo_commands(
     block_size: u64,
     fail_read: &BlockList,
     fail_write: &BlockList,
-    main: &std::path::Path,
-    spare: &std::path::Path,
+    pair: &DemoPaths<'_>,
 ) -> Result<(), CliError> {
+    let DemoPaths {
+        main,
+        spare,
+        control,
+    } = *pair;
     writeln!(out, "try, from another terminal:")?;
     writeln!(out, "  nbdinfo '{uri}'")?;
     if let Some(lba) = fail_write.iter().next() {
@@ -251,6 +264,17 @@ fn print_demo_commands(
         out,
         "  nbdinfo --map=remap:state '{uri}'    # 1 = remapped, 2 = pending"
     )?;
+    if let Some(c) = control {
+        let c = c.display();
+        writeln!(
+            out,
+            "  remap status --control {c}    # live figures; also health, scrub, map --control"
+        )?;
+        writeln!(
+            out,
+            "  remap scrub --control {c} && remap health --control {c}    # find the bad blocks before a client does"
+        )?;
+    }
     writeln!(
         out,
         "then stop with Ctrl-C and look: remap dump {} {}",
@@ -394,7 +418,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         what: "health window",
         source,
     })?];
-    if let Some(path) = &args.control {
+    // The demo always has a control socket, so its printed commands can use it.
+    let control_path = args.control.clone().or_else(|| {
+        args.demo
+            .then(|| PathBuf::from(DEMO_DIR).join("control.sock"))
+    });
+    if let Some(path) = &control_path {
         let control = ControlServer::bind(path)?;
         helpers.push(
             control
@@ -431,8 +460,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             device.block_size().bytes_u64(),
             &fail_read,
             &fail_write,
-            &main_path,
-            &spare_path,
+            &DemoPaths {
+                main: &main_path,
+                spare: &spare_path,
+                control: control_path.as_deref(),
+            },
         )?;
     }
     out.flush()?;
