@@ -202,11 +202,10 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
         .saturating_sub(plan.first)
         .saturating_mul(block_size.bytes_u64())
         .min(device.size_bytes());
-    let bar = progress_bar(total_bytes, args.json);
     if !args.json {
         writeln!(
             out,
-            "scrubbing {} blocks {} to {} ({}){}{}",
+            "scrubbing {} blocks {} to {}: {}{}{}",
             main_path.display(),
             plan.first,
             plan.end.saturating_sub(1),
@@ -223,6 +222,8 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
         )?;
         out.flush()?;
     }
+    // After the header, so the bar draws below it.
+    let bar = progress_bar(total_bytes, args.json);
     let status = Mutex::new(ScrubStatus::default());
     let mut listed = 0usize;
     let mut report_error: Option<CliError> = None;
@@ -306,6 +307,8 @@ fn progress_bar(total_bytes: u64, json: bool) -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message("0 unreadable");
+    // Keeps the spinner, rate and ETA moving while the rate limit makes the scrub wait.
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
 }
 
