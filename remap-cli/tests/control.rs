@@ -294,8 +294,8 @@ fn a_background_scrub_does_not_fail_client_io() {
         let out = must(&mut c);
         assert!(!out.contains("error") && !out.contains("failed"), "{out}");
     };
-    // A scrub slow enough to still run while the client works.
-    let o = remap(&["scrub", "--control", s(&ctl), "--rate", "8"]);
+    // A scrub slow enough (32 MiB at 2 MiB/s) to still run while the client works.
+    let o = remap(&["scrub", "--control", s(&ctl), "--rate", "2"]);
     assert!(o.status.success(), "{}", text(&o));
     let t0 = Instant::now();
     let mut bytes = 0u64;
@@ -315,9 +315,14 @@ fn a_background_scrub_does_not_fail_client_io() {
         "the scrub ran during the client I/O: {st}"
     );
     println!(
-        "client I/O during a background scrub at 8 MiB/s: {:.1} MiB written and read back in {secs:.2} s ({:.1} MiB/s, debug build), scrub at block {}",
+        "client I/O during a background scrub at 2 MiB/s: {:.1} MiB written and read back in {secs:.2} s ({:.1} MiB/s, {} build), scrub at block {}",
         bytes as f64 / 1_048_576.0,
         bytes as f64 / 1_048_576.0 / secs,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         st["cursor"]
     );
     let stopped = remap_json(&["scrub", "--control", s(&ctl), "--stop", "--json"]);
