@@ -504,10 +504,6 @@ static void rk_slow_bio(struct rk_target *rt, struct bio *bio)
 	blk_status_t status = BLK_STS_OK;
 	int r = 0;
 
-	if (pb->flags & RK_BIO_DEFERRED) {
-		/* Never routed: where it starts is still the dm device's sector. */
-		pb->lba = dm_target_offset(rt->ti, pb->iter.bi_sector) >> rt->spb_shift;
-	}
 	if (pb->op == RK_OP_DISCARD) {
 		r = rk_slow_io(rt->state, rt->shared, rt, RK_OP_DISCARD, pb->lba, NULL,
 			       total, false, rk_now_s(), rt->err, RK_ERR_BYTES);
@@ -552,16 +548,25 @@ static void rk_slow_bio(struct rk_target *rt, struct bio *bio)
 	rk_complete(rt, bio, status);
 }
 
-/* A deferred bio, retried on the fast path now that the gate is open. */
+/*
+ * A deferred bio, retried on the fast path now that the gate is open. It is no
+ * longer "deferred": if it fails now, end_io hands it to the slow path, which
+ * works from the range saved here, never from the bio's (then unreliable) iter.
+ */
 static bool rk_resubmit(struct rk_target *rt, struct bio *bio)
 {
+	struct rk_bio *pb = dm_per_bio_data(bio, sizeof(struct rk_bio));
 	int r;
 
+	pb->flags &= ~RK_BIO_DEFERRED;
 	atomic_inc(&rt->inflight);
 	smp_mb__after_atomic();
 	r = rk_route_bio(rt, bio, false);
-	if (r < 0)
+	if (r < 0) {
+		/* Several runs: the slow path does it, from where the bio starts. */
+		pb->lba = dm_target_offset(rt->ti, pb->iter.bi_sector) >> rt->spb_shift;
 		return false;
+	}
 	if (r == DM_MAPIO_REMAPPED)
 		dm_submit_bio_remap(bio, NULL);
 	return true;
@@ -854,6 +859,19 @@ static int rk_message(struct dm_target *ti, unsigned int argc, char **argv,
 
 	/* The answer is written over the message's own buffer: keep the verb for the log. */
 	strscpy(verb, argc ? argv[0] : "", sizeof(verb));
+	if (argc == 1 && !strcmp(verb, "debug")) {
+		unsigned int queued = 0;
+		struct bio *b;
+
+		spin_lock_irq(&rt->lock);
+		for (b = rt->slow_bios.head; b; b = b->bi_next)
+			queued++;
+		spin_unlock_irq(&rt->lock);
+		scnprintf(result, maxlen, "inflight=%d gate_closed=%d queued=%u work_pending=%d",
+			  atomic_read(&rt->inflight), READ_ONCE(rt->gate_closed), queued,
+			  work_pending(&rt->work));
+		return 1;
+	}
 	r = rk_message_parse(argc, (const char *const *)argv, &mw.msg, result, maxlen);
 	if (r)
 		goto refused;

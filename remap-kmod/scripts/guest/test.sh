@@ -7,7 +7,9 @@
 #               remap is still there and nothing else is; a clean remove
 #
 # Disks (from the host): /dev/vda main backing (32 MiB), /dev/vdb spare formatted on the
-# host with `remap create`, /dev/vdc a blank 4 MiB disk. Data files in /data.
+# host with `remap create`, /dev/vdc a blank 4 MiB disk, /dev/vdd a small spare (4 spare
+# blocks) formatted for a 1 MiB main device. Data files in /data, among them
+# small-pool-block: where vdd's spare pool starts, in 4 KiB blocks.
 #
 # The main device "main" is stacked from device-mapper targets over vda, in 4 KiB blocks:
 #   0    .. 2047  linear
@@ -33,9 +35,18 @@ MAIN_TABLE="0 16384 linear /dev/vda 0
 32896 16256 linear /dev/vda 32896
 49152 64 flakey /dev/vda 49152 0 3600 1 error_writes
 49216 16320 linear /dev/vda 49216"
+# The same disk later, with 256 more blocks failing writes (5000..5255).
+MAIN_TABLE_DEGRADED="0 16384 linear /dev/vda 0
+16384 16384 dust /dev/vda 16384 4096
+32768 128 error
+32896 7104 linear /dev/vda 32896
+40000 2048 flakey /dev/vda 40000 0 3600 1 error_writes
+42048 7104 linear /dev/vda 42048
+49152 64 flakey /dev/vda 49152 0 3600 1 error_writes
+49216 16320 linear /dev/vda 49216"
 RMP_TABLE="0 65536 dm-remap-v4 $MAIN $SPARE"
 # Every block phase 1 moves, in the order it does (phase 2 checks them all).
-EXPECTED="6144 6145 6146 6147 6148 6149 6150 6151 2100 4096 4097 4098 4099 4100 4101 4102 4103 10 4108"
+EXPECTED="6144 6145 6146 6147 6148 6149 6150 6151 2100 4096 4097 4098 4099 4100 4101 4102 4103 10 $(seq 5000 5255) 4108"
 
 ok() { pass=$((pass + 1)); echo "RESULT ok $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
@@ -50,6 +61,7 @@ expect() {
   if [ "$2" = "$3" ]; then ok "$1"; else bad "$1: expected '$2', got '$3'"; fi
 }
 summary() { echo "SUMMARY phase=$phase passed=$pass failed=$fail"; }
+stage() { echo "STAGE $1 at $(cut -d' ' -f1 /proc/uptime)s"; }
 
 # Status field by name (after device-mapper's "<start> <len> dm-remap-v4").
 field() {
@@ -90,6 +102,23 @@ fails_to_read() { # block: the read must fail (on the remap device, not for lack
   ! rd "$1" 1
 }
 
+now_cs() { awk '{printf "%d", $1 * 100}' /proc/uptime; }
+perf() { # device write|read round
+  t0=$(now_cs)
+  i=0
+  while [ $i -lt 16 ]; do
+    i=$((i + 1))
+    if [ "$2" = write ]; then
+      dd if=/data/pat4m of="/dev/mapper/$1" bs=1M seek=4 count=4 oflag=direct 2>/dev/null
+    else
+      dd if="/dev/mapper/$1" of=/dev/null bs=1M skip=4 count=4 iflag=direct 2>/dev/null
+    fi
+  done
+  cs=$(($(now_cs) - t0))
+  [ "$cs" -gt 0 ] || cs=1
+  echo "PERF $2 $1 round $3: 64 MiB in ${cs}0 ms = $((64 * 1024 * 100 / cs)) KiB/s"
+}
+
 create_main() {
   echo "$MAIN_TABLE" | dmsetup create --noudevsync main && dmsetup mknodes main
 }
@@ -98,7 +127,7 @@ create_rmp() { # [table]
 }
 
 if [ "$phase" = 1 ]; then
-  echo "PLAN phase=1 checks=65"
+  echo "PLAN phase=1 checks=79"
   check module_loaded insmod /lib/modules/dm_remap.ko
   check target_registered sh -c 'dmsetup targets | grep -q "^dm-remap-v4 *v4.0.0"'
   check main_created create_main
@@ -186,15 +215,79 @@ if [ "$phase" = 1 ]; then
   check unformatted_refusal_says_why sh -c 'dmesg | grep -q "holds no valid remap superblock"'
   expect unformatted_spare_untouched "$md5_blank" "$(md5sum < /dev/vdc)"
 
-  # Throughput, dm-remap-v4 against linear over the same main device, 4 MiB of blocks
-  # 1024..2047 (no remaps there), direct I/O, three rounds each.
+  stage concurrency
+  # Concurrency: the main device degrades under load. Its table is reloaded with 256 more
+  # blocks (5000..5255) that fail every write; then four writers over them (each moves its
+  # blocks while the others write) and two readers of healthy blocks, at once on two CPUs.
+  echo "$MAIN_TABLE_DEGRADED" | dmsetup reload main &&
+    dmsetup suspend main && dmsetup resume main || echo "FAIL main reload"
+  stage concurrency-writers
+  active_before=$(field active)
+  for w in 0 1 2 3; do
+    (
+      blk=$((5000 + w * 64))
+      j=0
+      while [ $j -lt 4 ]; do
+        dd if=/data/pat4m of=$RMP bs=4096 seek=$((blk + j * 16)) count=16 \
+          skip=$(((w * 4 + j) * 16)) oflag=direct 2>/dev/null || echo "writer $w part $j failed"
+        j=$((j + 1))
+      done
+    ) >/tmp/writer$w.out 2>&1 &
+  done
+  for r in 0 1; do
+    (
+      j=0
+      while [ $j -lt 8 ]; do
+        dd if=$RMP of=/dev/null bs=64k skip=$((r * 64 + j)) count=1 iflag=direct 2>/dev/null ||
+          echo "reader $r part $j failed"
+        j=$((j + 1))
+      done
+    ) >/tmp/reader$r.out 2>&1 &
+  done
+  wait
+  stage concurrency-done
+  expect concurrent_io_no_errors "" "$(cat /tmp/writer*.out /tmp/reader*.out)"
+  expect concurrent_moves_all_256 $((active_before + 256)) "$(field active)"
+  bad_regions=
+  for w in 0 1 2 3; do
+    same $((5000 + w * 64)) 64 pat4m $((w * 64)) || bad_regions="$bad_regions $w"
+  done
+  expect concurrent_data_reads_back "" "$bad_regions"
+  expect concurrent_nothing_pending 0 "$(field pending)"
+
+  # A small spare (4 spare blocks, formatted on the host for a 1 MiB main device) over a
+  # dust device so that its pool block 0 fails a write: the block moves to pool block 1
+  # and block 0 is retired; then the pool runs out: ENOSPC, health critical, the moved
+  # blocks keep their data.
+  stage small-spare
+  pool0=$(cat /data/small-pool-block)
+  echo "0 2048 error" | dmsetup create --noudevsync main2 && dmsetup mknodes main2
+  echo "0 $(blockdev --getsz /dev/vdd) dust /dev/vdd 0 4096" |
+    dmsetup create --noudevsync spare2 && dmsetup mknodes spare2
+  dmsetup message spare2 0 addbadblock "$pool0" 1 >/dev/null
+  dmsetup message spare2 0 enable >/dev/null
+  check small_created sh -c 'dmsetup create --noudevsync rmp2 --table "0 2048 dm-remap-v4 /dev/mapper/main2 /dev/mapper/spare2" && dmsetup mknodes rmp2'
+  check small_write_moves_past_failing_spare sh -c 'dd if=/data/pat64k of=/dev/mapper/rmp2 bs=4096 count=1 oflag=direct 2>/dev/null'
+  expect small_block_on_second_spare "block 0 spare 1" "$(dmsetup message rmp2 0 lookup 0 | cut -d' ' -f1-4)"
+  check small_stats_retired sh -c 'dmsetup message rmp2 0 stats | grep -q " spare_write_errors=1 .* spares_retired_events=1 "'
+  check small_exhausted_write_fails sh -c '! dd if=/data/pat64k of=/dev/mapper/rmp2 bs=4096 seek=1 count=3 skip=1 oflag=direct 2>/dev/null'
+  check small_exhausted_logged sh -c 'dmesg | grep -q "spare pool is exhausted (4 blocks)"'
+  expect small_spares_free 0 "$(dmsetup status rmp2 | awk '{print $23}')"
+  expect small_health_critical critical "$(dmsetup status rmp2 | awk '{print $24}')"
+  check small_moved_data_intact sh -c 'dd if=/dev/mapper/rmp2 of=/tmp/s bs=4096 count=3 iflag=direct 2>/dev/null && dd if=/data/pat64k of=/tmp/e bs=4096 count=3 2>/dev/null && cmp -s /tmp/s /tmp/e'
+  check small_removed sh -c 'dmsetup remove --noudevsync rmp2'
+  dmsetup remove --noudevsync spare2 main2
+
+  # Throughput, dm-remap-v4 against linear over the same main device: 64 MiB per run
+  # (16 passes over blocks 1024..2047, where nothing is remapped), direct I/O, 1 MiB
+  # requests, three rounds alternating the devices. Timed with /proc/uptime (10 ms).
+  stage throughput
   echo "0 65536 linear $MAIN 0" | dmsetup create --noudevsync lin && dmsetup mknodes lin
   for round in 1 2 3; do
-    for dev in rmp lin; do
-      dd if=/data/pat4m of=/dev/mapper/$dev bs=1M seek=4 count=4 oflag=direct 2>&1 |
-        tail -n1 | sed "s/^/PERF write $dev round $round: /"
-      dd if=/dev/mapper/$dev of=/dev/null bs=1M skip=4 count=4 iflag=direct 2>&1 |
-        tail -n1 | sed "s/^/PERF read $dev round $round: /"
+    for op in write read; do
+      for dev in rmp lin; do
+        perf "$dev" "$op" "$round"
+      done
     done
   done
   dmsetup remove --noudevsync lin
@@ -210,7 +303,7 @@ if [ "$phase" = 1 ]; then
 fi
 
 if [ "$phase" = 2 ]; then
-  echo "PLAN phase=2 checks=13"
+  echo "PLAN phase=2 checks=14"
   check module_loaded insmod /lib/modules/dm_remap.ko
   check main_created create_main
   check remap_created_after_poweroff create_rmp
@@ -230,6 +323,7 @@ if [ "$phase" = 2 ]; then
   check error_region_data same 4096 8 pat64k 1
   check dust_block_data same 2100 1 pat64k 12
   check mapped_block_data same 10 1 pat64k 9
+  check concurrent_region_data same 5000 256 pat4m 0
   check clean_remove sh -c 'dmsetup remove --noudevsync rmp'
   summary
 fi
