@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use remap_cli::devices::{Access, Pair};
 use remap_cli::scrub::{self, ScrubPlan, ScrubState, ScrubStatus};
-use remap_core::testing::FaultyBackend;
 use remap_core::FileBackend;
+use remap_core::testing::FaultyBackend;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
