@@ -26,9 +26,12 @@ SRC=$WORK/src.img
 URI=nbd://127.0.0.1:$PORT
 SERVER_PID=
 
-for tool in nbdkit nbdcopy nbdinfo fio jq; do
-  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
-done
+need() { command -v "$1" >/dev/null || { echo "compare.sh: $1 is missing: apt-get install $2" >&2; exit 1; }; }
+need nbdkit nbdkit
+need nbdcopy libnbd-bin
+need nbdinfo libnbd-bin
+need fio fio
+need jq jq
 
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
@@ -73,13 +76,13 @@ stop_server() {
   SERVER_PID=
 }
 
-# seconds for a command, as a float
-timed() {
+# MiB/s for a command that moves SIZE_MIB
+rate() {
   local t0 t1
   t0=$(date +%s.%N)
   "$@" >/dev/null
   t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc -l
+  awk -v a="$t0" -v b="$t1" -v m="$SIZE_MIB" 'BEGIN { print m / (b - a) }'
 }
 
 fio_iops() { # rw depth
@@ -94,11 +97,8 @@ ROWS=("seq read MiB/s (nbdcopy)" "seq write MiB/s (nbdcopy)" \
   "4k randread IOPS qd1" "4k randread IOPS qd32" "4k randwrite IOPS qd1" "4k randwrite IOPS qd32")
 
 measure() { # server-name
-  local secs
-  secs=$(timed nbdcopy "$URI" null:)
-  echo "$1 0 $(echo "$SIZE_MIB / $secs" | bc -l)" >>"$WORK/results"
-  secs=$(timed nbdcopy "$SRC" "$URI")
-  echo "$1 1 $(echo "$SIZE_MIB / $secs" | bc -l)" >>"$WORK/results"
+  echo "$1 0 $(rate nbdcopy "$URI" null:)" >>"$WORK/results"
+  echo "$1 1 $(rate nbdcopy "$SRC" "$URI")" >>"$WORK/results"
   echo "$1 2 $(fio_iops randread 1)" >>"$WORK/results"
   echo "$1 3 $(fio_iops randread 32)" >>"$WORK/results"
   echo "$1 4 $(fio_iops randwrite 1)" >>"$WORK/results"
@@ -128,5 +128,5 @@ printf '%-28s %12s %12s %12s\n' "" "nbdkit" "ours" "ours/nbdkit"
 for i in "${!ROWS[@]}"; do
   k=$(median nbdkit "$i")
   o=$(median ours "$i")
-  printf '%-28s %12.0f %12.0f %12.2f\n' "${ROWS[$i]}" "$k" "$o" "$(echo "$o / $k" | bc -l)"
+  printf '%-28s %12.0f %12.0f %12.2f\n' "${ROWS[$i]}" "$k" "$o" "$(awk -v o="$o" -v k="$k" 'BEGIN { print o / k }')"
 done
