@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then format, lints, builds and every test
 # tier. This is what CI runs (.ci/run) and what a developer runs before pushing.
+#
+#   ./scripts/test.sh            everything
+#   REMAP_SKIP_KERNEL=1 ...      everything but the guest-kernel tests (for quick local runs;
+#                                CI never sets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,16 +19,22 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "no_std build of remap-core"
+step "no_std builds of the engine and the format (what the kernel links)"
 cargo build -p remap-core --no-default-features
+cargo build -p remap-meta --no-default-features
 
-step "tests"
+step "tests (unit, integration, model, real NBD clients)"
 cargo test --workspace --all-features --release
+
+step "examples"
+cargo run --release -p remap-core --features testing --example salvage >/dev/null
 
 step "fuzz smoke runs"
 fuzz/smoke.sh
 
-step "examples"
-cargo run --release -p remap-core --features testing --example salvage >/dev/null
+if [ "${REMAP_SKIP_KERNEL:-}" != 1 ]; then
+  step "kernel target: host tests, kernel clippy, guest tests on Debian 6.1 and 6.12"
+  remap-kmod/scripts/test.sh
+fi
 
 step "done"
