@@ -35,6 +35,8 @@
 #include <linux/list.h>
 #include <linux/completion.h>
 #include <linux/log2.h>
+#include <linux/percpu.h>
+#include <linux/rcupdate.h>
 
 #include "dm-remap-rust.h"
 
@@ -81,8 +83,8 @@ struct rk_target {
 	unsigned int argc;	/* optional arguments, kept for reloading in preresume */
 	char **argv;
 
-	/* The gate: see the comment at the top. */
-	atomic_t inflight;
+	/* The gate: see rk_enter(). */
+	long __percpu *inflight;
 	int gate_closed;
 	wait_queue_head_t drain_wq;
 
@@ -271,19 +273,60 @@ int rk_c_discard(void *io, u32 dev, u64 offset, u64 len)
 
 /* ---- the gate ---- */
 
+/*
+ * Take a count on the gate if it is open; every bio routed by the table holds one
+ * until it completes. Closing the gate (rk_gate_close) sets gate_closed and waits
+ * for an RCU grace period: after it, every rk_enter() that saw the gate open has
+ * made its increment visible, and no new one can happen; then it waits for the
+ * count to drain to zero. The count is per CPU, so the fast path touches no shared
+ * cache line; a bio may complete on another CPU than it started on, so one CPU's
+ * count can go negative and only the sum means anything.
+ */
+static bool rk_enter(struct rk_target *rt)
+{
+	bool open;
+
+	rcu_read_lock();
+	open = !READ_ONCE(rt->gate_closed);
+	if (open)
+		this_cpu_inc(*rt->inflight);
+	rcu_read_unlock();
+	return open;
+}
+
 static void rk_put_inflight(struct rk_target *rt)
 {
-	/* Full barrier in the atomic pairs with the smp_mb() in rk_gate_close(). */
-	if (atomic_dec_and_test(&rt->inflight) && READ_ONCE(rt->gate_closed))
+	this_cpu_dec(*rt->inflight);
+	/*
+	 * Either the closer's sum sees this decrement, or this reads the gate
+	 * closed and wakes it (pairs with the barriers of synchronize_rcu() and
+	 * wait_event() in rk_gate_close()).
+	 */
+	smp_mb();
+	if (READ_ONCE(rt->gate_closed))
 		wake_up(&rt->drain_wq);
 }
 
-/* Only the work queue (or suspend/resume, under rt->excl) closes the gate. */
+/*
+ * Bios in flight. Exact once the gate is closed and a grace period has passed:
+ * counts then only go down, so a sum read CPU by CPU is never below the truth.
+ */
+static long rk_inflight(struct rk_target *rt)
+{
+	long sum = 0;
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		sum += READ_ONCE(*per_cpu_ptr(rt->inflight, cpu));
+	return sum;
+}
+
+/* Only the work queue closes the gate. */
 static void rk_gate_close(struct rk_target *rt)
 {
 	WRITE_ONCE(rt->gate_closed, 1);
-	smp_mb();
-	wait_event(rt->drain_wq, atomic_read(&rt->inflight) == 0);
+	synchronize_rcu();
+	wait_event(rt->drain_wq, rk_inflight(rt) == 0);
 }
 
 static void rk_gate_open(struct rk_target *rt)
@@ -445,10 +488,7 @@ static int rk_map(struct dm_target *ti, struct bio *bio)
 			    1U << (rt->spb_shift + SECTOR_SHIFT));
 		return DM_MAPIO_KILL;
 	}
-	atomic_inc(&rt->inflight);
-	smp_mb__after_atomic();
-	if (unlikely(READ_ONCE(rt->gate_closed))) {
-		rk_put_inflight(rt);
+	if (unlikely(!rk_enter(rt))) {
 		pb->flags |= RK_BIO_DEFERRED;
 		rk_queue(rt, bio);
 		return DM_MAPIO_SUBMITTED;
@@ -559,8 +599,8 @@ static bool rk_resubmit(struct rk_target *rt, struct bio *bio)
 	int r;
 
 	pb->flags &= ~RK_BIO_DEFERRED;
-	atomic_inc(&rt->inflight);
-	smp_mb__after_atomic();
+	if (!rk_enter(rt))
+		return false;
 	r = rk_route_bio(rt, bio, false);
 	if (r < 0) {
 		/* Several runs: the slow path does it, from where the bio starts. */
@@ -639,6 +679,7 @@ static void rk_free(struct rk_target *rt)
 	kvfree(rt->bounce);
 	kvfree(rt->scratch);
 	kfree(rt->err);
+	free_percpu(rt->inflight);
 	kfree(rt);
 }
 
@@ -699,7 +740,6 @@ static int rk_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	rt->ti = ti;
 	rt->md = dm_table_get_md(ti->table);
-	atomic_set(&rt->inflight, 0);
 	init_waitqueue_head(&rt->drain_wq);
 	spin_lock_init(&rt->lock);
 	bio_list_init(&rt->slow_bios);
@@ -715,7 +755,8 @@ static int rk_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	rt->bounce = kvmalloc(RK_BOUNCE_BYTES, GFP_KERNEL);
 	rt->scratch = kvmalloc(RK_MAX_SLOW_BYTES, GFP_KERNEL);
 	rt->err = kzalloc(RK_ERR_BYTES, GFP_KERNEL);
-	if (!rt->argv || !rt->bounce || !rt->scratch || !rt->err)
+	rt->inflight = alloc_percpu(long);
+	if (!rt->argv || !rt->bounce || !rt->scratch || !rt->err || !rt->inflight)
 		goto bad;
 	for (i = 0; i < rt->argc; i++) {
 		rt->argv[i] = kstrdup(argv[i + 2], GFP_KERNEL);
@@ -867,8 +908,8 @@ static int rk_message(struct dm_target *ti, unsigned int argc, char **argv,
 		for (b = rt->slow_bios.head; b; b = b->bi_next)
 			queued++;
 		spin_unlock_irq(&rt->lock);
-		scnprintf(result, maxlen, "inflight=%d gate_closed=%d queued=%u work_pending=%d",
-			  atomic_read(&rt->inflight), READ_ONCE(rt->gate_closed), queued,
+		scnprintf(result, maxlen, "inflight=%ld gate_closed=%d queued=%u work_pending=%d",
+			  rk_inflight(rt), READ_ONCE(rt->gate_closed), queued,
 			  work_pending(&rt->work));
 		return 1;
 	}

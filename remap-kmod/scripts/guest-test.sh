@@ -152,12 +152,13 @@ for flav in $flavours; do
     die "$KREL: remap check of the spare the kernel wrote failed: $(cat "$wd/check.log")"
   log "$KREL: remap check passes on the spare the kernel wrote"
   grep '^PERF' "$wd/boot1.log" >"$wd/perf.txt"
-  awk -v k="$KREL" '{ key = $2 " " $3; v[key] += $(NF-1); n[key]++ }
+  # Best of the rounds (interference from the host only ever slows a run down) and mean.
+  awk -v k="$KREL" '{ key = $2 " " $3; v = $(NF-1); s[key] += v; n[key]++; if (v > b[key]) b[key] = v }
     END {
       split("write read", o, " ")
       for (i = 1; i <= 2; i++) {
-        r = v[o[i] " rmp"] / n[o[i] " rmp"]; l = v[o[i] " lin"] / n[o[i] " lin"]
-        printf "guest-test: %s: dd %s, direct, 1 MiB requests: dm-remap-v4 %d KiB/s, linear %d KiB/s (%.0f%%)\n", k, o[i], r, l, 100 * r / l
+        r = o[i] " rmp"; l = o[i] " lin"
+        printf "guest-test: %s: dd %s, direct, 1 MiB requests, best of %d: dm-remap-v4 %d KiB/s, linear %d KiB/s (%.0f%%); mean %d vs %d KiB/s\n", k, o[i], n[r], b[r], b[l], 100 * b[r] / b[l], s[r] / n[r], s[l] / n[l]
       }
     }' "$wd/perf.txt" | tee "$wd/perf-summary.txt" >&2
   log "$KREL: passed in $((SECONDS - t0))s"

@@ -280,10 +280,10 @@ if [ "$phase" = 1 ]; then
 
   # Throughput, dm-remap-v4 against linear over the same main device: 64 MiB per run
   # (16 passes over blocks 1024..2047, where nothing is remapped), direct I/O, 1 MiB
-  # requests, three rounds alternating the devices. Timed with /proc/uptime (10 ms).
+  # requests, five rounds alternating the devices. Timed with /proc/uptime (10 ms).
   stage throughput
   echo "0 65536 linear $MAIN 0" | dmsetup create --noudevsync lin && dmsetup mknodes lin
-  for round in 1 2 3; do
+  for round in 1 2 3 4 5; do
     for op in write read; do
       for dev in rmp lin; do
         perf "$dev" "$op" "$round"
