@@ -1268,6 +1268,11 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             Some(spare) => {
                 if let Err(source) = self.spare.flush() {
                     Stats::bump(&self.stats.flush_errors);
+                    // Retirements already applied in memory cannot be committed now: stop
+                    // writes rather than let the table run ahead of the disk.
+                    if !records.is_empty() {
+                        self.poisoned.store(true, Ordering::SeqCst);
+                    }
                     return Err(DeviceError::SpareFlush { source });
                 }
                 let rec = Record::Remap {

@@ -20,7 +20,10 @@ const JOURNAL_BLOCKS: u32 = 4;
 
 /// Formats the spare with `remap_meta::create` and reopens with `remap_meta::open`.
 #[derive(Debug, Default)]
-struct JournalHarness;
+struct JournalHarness {
+    /// Where the spare pool starts: everything before it is metadata.
+    metadata_bytes: u64,
+}
 
 fn plan(geometry: &ModelGeometry) -> Geometry {
     // The smallest spare device whose pool is exactly the model's.
@@ -39,8 +42,10 @@ fn plan(geometry: &ModelGeometry) -> Geometry {
 }
 
 impl Harness for JournalHarness {
+    const CAN_FAIL_COMMITS: bool = true;
+
     fn new() -> Self {
-        JournalHarness
+        JournalHarness::default()
     }
 
     fn spare_bytes(&self, geometry: &ModelGeometry) -> u64 {
@@ -63,7 +68,8 @@ impl Harness for JournalHarness {
             read_retries: config.read_retries,
             ..Default::default()
         };
-        create(&*spare, main.size_bytes(), DeviceIdentity::NONE, &opts)?;
+        let sb = create(&*spare, main.size_bytes(), DeviceIdentity::NONE, &opts)?;
+        self.metadata_bytes = sb.geometry.pool_offset;
         // Formatting is not part of the history under test: make it durable.
         spare.flush()?;
         Ok(open(main, spare, &DeviceIdentity::NONE, clock)?.device)
@@ -78,6 +84,12 @@ impl Harness for JournalHarness {
         _config: DeviceConfig,
     ) -> Result<ModelDevice, HarnessError> {
         Ok(open(main, spare, &DeviceIdentity::NONE, clock)?.device)
+    }
+
+    /// A dying metadata region: every write to it fails (the spare's faults are in 512-byte
+    /// sectors, and a reopen after a crash starts with a healthy spare).
+    fn fail_commits(&mut self, spare: &ModelSpare) {
+        spare.fail_writes(0..self.metadata_bytes.div_ceil(512));
     }
 }
 
