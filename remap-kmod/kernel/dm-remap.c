@@ -826,6 +826,14 @@ static void rk_dtr(struct dm_target *ti)
 	rk_free(rt);
 }
 
+/* Before device-mapper stops I/O: let error handling already under way finish. */
+static void rk_presuspend(struct dm_target *ti)
+{
+	struct rk_target *rt = ti->private;
+
+	flush_workqueue(rt->wq);
+}
+
 /*
  * After device-mapper has waited for every bio (the work queue completes the ones
  * it holds), write a checkpoint: the next table to load (a reload, or after a
@@ -972,6 +980,7 @@ static struct target_type rk_target_type = {
 	.dtr = rk_dtr,
 	.map = rk_map,
 	.end_io = rk_end_io,
+	.presuspend = rk_presuspend,
 	.postsuspend = rk_postsuspend,
 	.preresume = rk_preresume,
 	.status = rk_dm_status,

@@ -127,7 +127,7 @@ create_rmp() { # [table]
 }
 
 if [ "$phase" = 1 ]; then
-  echo "PLAN phase=1 checks=79"
+  echo "PLAN phase=1 checks=85"
   check module_loaded insmod /lib/modules/dm_remap.ko
   check target_registered sh -c 'dmsetup targets | grep -q "^dm-remap-v4 *v4.0.0"'
   check main_created create_main
@@ -255,9 +255,10 @@ if [ "$phase" = 1 ]; then
   expect concurrent_data_reads_back "" "$bad_regions"
   expect concurrent_nothing_pending 0 "$(field pending)"
 
-  # A small spare (4 spare blocks, formatted on the host for a 1 MiB main device) over a
-  # dust device so that its pool block 0 fails a write: the block moves to pool block 1
-  # and block 0 is retired; then the pool runs out: ENOSPC, health critical, the moved
+  # A small spare (4 spare blocks P0..P3, formatted on the host for a 1 MiB main device)
+  # over a dust device, so that spare blocks can fail: P0 fails the first write (retired,
+  # the block goes to P1); P1 then fails reads (retired, the block is pending until a
+  # write moves it to P2); then the pool runs out: ENOSPC, health critical, the moved
   # blocks keep their data.
   stage small-spare
   pool0=$(cat /data/small-pool-block)
@@ -266,21 +267,45 @@ if [ "$phase" = 1 ]; then
     dmsetup create --noudevsync spare2 && dmsetup mknodes spare2
   dmsetup message spare2 0 addbadblock "$pool0" 1 >/dev/null
   dmsetup message spare2 0 enable >/dev/null
+  R2=/dev/mapper/rmp2
   check small_created sh -c 'dmsetup create --noudevsync rmp2 --table "0 2048 dm-remap-v4 /dev/mapper/main2 /dev/mapper/spare2" && dmsetup mknodes rmp2'
-  check small_write_moves_past_failing_spare sh -c 'dd if=/data/pat64k of=/dev/mapper/rmp2 bs=4096 count=1 oflag=direct 2>/dev/null'
+  check small_write_moves_past_failing_spare sh -c "dd if=/data/pat64k of=$R2 bs=4096 count=1 oflag=direct 2>/dev/null"
   expect small_block_on_second_spare "block 0 spare 1" "$(dmsetup message rmp2 0 lookup 0 | cut -d' ' -f1-4)"
-  check small_stats_retired sh -c 'dmsetup message rmp2 0 stats | grep -q " spare_write_errors=1 .* spares_retired_events=1 "'
-  check small_exhausted_write_fails sh -c '! dd if=/data/pat64k of=/dev/mapper/rmp2 bs=4096 seek=1 count=3 skip=1 oflag=direct 2>/dev/null'
+  check small_stats_write_retired sh -c 'dmsetup message rmp2 0 stats | grep -q " spare_write_errors=1 .* spares_retired_events=1 "'
+  dmsetup message spare2 0 addbadblock $((pool0 + 1)) >/dev/null
+  check small_spare_read_failure_fails sh -c "! dd if=$R2 of=/tmp/s bs=4096 count=1 iflag=direct 2>/dev/null"
+  check small_block_pending_spare_retired sh -c 'dmsetup message rmp2 0 lookup 0 | grep -q "^block 0 pending .* spare_retired$"'
+  check small_rewrite_moves_on sh -c "dd if=/data/pat64k of=$R2 bs=4096 count=1 skip=7 oflag=direct 2>/dev/null"
+  expect small_block_on_third_spare "block 0 spare 2" "$(dmsetup message rmp2 0 lookup 0 | cut -d' ' -f1-4)"
+  check small_exhausted_write_fails sh -c "! dd if=/data/pat64k of=$R2 bs=4096 seek=1 count=2 skip=1 oflag=direct 2>/dev/null"
   check small_exhausted_logged sh -c 'dmesg | grep -q "spare pool is exhausted (4 blocks)"'
   expect small_spares_free 0 "$(dmsetup status rmp2 | awk '{print $23}')"
   expect small_health_critical critical "$(dmsetup status rmp2 | awk '{print $24}')"
-  check small_moved_data_intact sh -c 'dd if=/dev/mapper/rmp2 of=/tmp/s bs=4096 count=3 iflag=direct 2>/dev/null && dd if=/data/pat64k of=/tmp/e bs=4096 count=3 2>/dev/null && cmp -s /tmp/s /tmp/e'
+  check small_moved_data_intact sh -c "dd if=$R2 of=/tmp/s bs=4096 count=2 iflag=direct 2>/dev/null && { dd if=/data/pat64k bs=4096 count=1 skip=7; dd if=/data/pat64k bs=4096 count=1 skip=1; } 2>/dev/null > /tmp/e && cmp -s /tmp/s /tmp/e"
   check small_removed sh -c 'dmsetup remove --noudevsync rmp2'
   dmsetup remove --noudevsync spare2 main2
 
-  # Throughput, dm-remap-v4 against linear over the same main device: 64 MiB per run
-  # (16 passes over blocks 1024..2047, where nothing is remapped), direct I/O, 1 MiB
-  # requests, five rounds alternating the devices. Timed with /proc/uptime (10 ms).
+  # Suspend and resume while writers and readers run.
+  stage suspend-under-load
+  (
+    j=0
+    while [ $j -lt 24 ]; do
+      dd if=/data/pat4m of=$RMP bs=4096 seek=$((3000 + j * 8)) count=8 skip=$((j * 8)) \
+        oflag=direct 2>/dev/null || echo "writer part $j failed"
+      j=$((j + 1))
+    done
+  ) >/tmp/sw.out 2>&1 &
+  (
+    k=0
+    while [ $k -lt 6 ]; do
+      dmsetup suspend rmp && dmsetup resume rmp || echo "suspend/resume $k failed"
+      k=$((k + 1))
+    done
+  ) >/tmp/ss.out 2>&1 &
+  wait
+  expect suspend_under_load_no_errors "" "$(cat /tmp/sw.out /tmp/ss.out)"
+  check suspend_under_load_data same 3000 192 pat4m 0
+
   stage throughput
   echo "0 65536 linear $MAIN 0" | dmsetup create --noudevsync lin && dmsetup mknodes lin
   for round in 1 2 3 4 5; do
@@ -303,7 +328,7 @@ if [ "$phase" = 1 ]; then
 fi
 
 if [ "$phase" = 2 ]; then
-  echo "PLAN phase=2 checks=14"
+  echo "PLAN phase=2 checks=15"
   check module_loaded insmod /lib/modules/dm_remap.ko
   check main_created create_main
   check remap_created_after_poweroff create_rmp
@@ -325,5 +350,6 @@ if [ "$phase" = 2 ]; then
   check mapped_block_data same 10 1 pat64k 9
   check concurrent_region_data same 5000 256 pat4m 0
   check clean_remove sh -c 'dmsetup remove --noudevsync rmp'
+  check module_unloads rmmod dm_remap
   summary
 fi
