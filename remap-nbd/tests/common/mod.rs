@@ -62,14 +62,22 @@ pub fn example_binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {hint}", path.display()));
-    // `cargo test --test X` does not rebuild examples: refuse to test a stale binary.
+    // `cargo test --test X` does not rebuild examples: refuse to test a stale binary. Sources
+    // edited after the tests began (someone else working in the same tree) do not count:
+    // the binary was built from the sources as they were when the run started.
+    static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    let started = *STARTED.get_or_init(std::time::SystemTime::now);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sources = [
         manifest.join("src"),
         manifest.join("examples"),
         manifest.join("../remap-core/src"),
     ];
-    if let Some(newest) = sources.iter().filter_map(|d| newest_mtime(d)).max() {
+    if let Some(newest) = sources
+        .iter()
+        .filter_map(|d| newest_mtime(d, started))
+        .max()
+    {
         assert!(
             built >= newest,
             "{} is older than its sources: {hint}",
@@ -79,14 +87,19 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+/// The newest modification time under `dir`, ignoring anything modified after `before`.
+fn newest_mtime(dir: &Path, before: std::time::SystemTime) -> Option<std::time::SystemTime> {
     let mut newest = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
         let t = if path.is_dir() {
-            newest_mtime(&path)
+            newest_mtime(&path, before)
         } else {
-            entry.metadata().ok().and_then(|m| m.modified().ok())
+            entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .filter(|t| *t <= before)
         };
         newest = newest.max(t);
     }
