@@ -33,7 +33,9 @@ use crate::backend::{BlockBackend, IoError, IoOp, check_range, errno};
 use crate::clock::Clock;
 use crate::geometry::BlockSize;
 use crate::health::{HealthInputs, HealthReport, HealthThresholds, evaluate};
+use crate::hot::{Hot, HotCounters, Local};
 use crate::record::{self, ApplyError, Record, RemapCause};
+use crate::regions::RegionMap;
 use crate::spare::{SpareAllocator, SpareError};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{EngineView, MetaStore, Settings, StoreError};
@@ -48,10 +50,10 @@ pub const MAX_SPARE_ATTEMPTS: u32 = 8;
 const RUN_GAP: u64 = 64;
 /// Write-zeroes that must go through the write path are done in pieces of this size.
 const ZERO_PIECE: u64 = 1 << 20;
-/// One request of each kind in this many is timed for the latency histogram. Reading the
+/// One request in this many (per thread) is timed for the latency histogram. Reading the
 /// clock twice costs more than the rest of the fast path together (a 4 KiB read from memory
 /// took twice as long with it); a uniform sample keeps the histogram's shape and mean.
-pub const LATENCY_SAMPLE_EVERY: u64 = 16;
+pub const LATENCY_SAMPLE_EVERY: u64 = 64;
 
 /// Tunables of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +213,10 @@ pub struct RemapDevice<M, S> {
     entries: AtomicU64,
     poisoned: AtomicBool,
     stats: Stats,
+    /// Fast-path counters, per thread (reads, writes, bytes, normal I/Os).
+    hot: HotCounters,
+    /// Regions holding table entries, readable without the lock.
+    regions: RegionMap,
     clock: Arc<dyn Clock>,
     read_retries: AtomicU32,
     thresholds: RwLock<HealthThresholds>,
@@ -294,6 +300,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         }
         let stats = Stats::new();
         stats.restore(&state.lifetime);
+        let regions = RegionMap::new(blocks, &state.table);
         let device = RemapDevice {
             main,
             spare,
@@ -310,6 +317,8 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             generation: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             stats,
+            hot: HotCounters::new(),
+            regions,
             clock,
             read_retries: AtomicU32::new(config.read_retries),
             contiguous_spares: AtomicBool::new(true),
@@ -397,10 +406,23 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
 
     // ----- fast-path bracket -----
 
+    /// Start of the lock-free path for the request at `offset` of `len` bytes (`len > 0`):
+    /// the generation, if no table change is under way and no region the request touches
+    /// holds an entry.
     #[inline]
-    fn fast_begin(&self) -> Option<u64> {
+    fn fast_begin(&self, offset: u64, len: u64) -> Option<u64> {
         let g = self.generation.load(Ordering::SeqCst);
-        (g & 1 == 0 && self.entries.load(Ordering::SeqCst) == 0).then_some(g)
+        if g & 1 != 0 {
+            return None;
+        }
+        if self.entries.load(Ordering::SeqCst) != 0 {
+            let first = self.block_size.block_of(offset);
+            let last = self.block_size.block_of(offset + len - 1);
+            if self.regions.any(first, last) {
+                return None;
+            }
+        }
+        Some(g)
     }
 
     #[inline]
@@ -421,41 +443,46 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     // ----- accounting -----
 
     /// Count a request as it starts, and read the clock if it is one of the timed ones
-    /// (every [`LATENCY_SAMPLE_EVERY`]th of its kind, the first included).
+    /// (every [`LATENCY_SAMPLE_EVERY`]th request of each thread, the first included).
     #[inline]
-    fn begin(&self, op: IoOp) -> Option<u64> {
+    fn begin(&self, op: IoOp) -> (Local<'_>, Option<u64>) {
         let s = &self.stats;
-        let counter = match op {
-            IoOp::Read => &s.reads,
-            IoOp::Write => &s.writes,
-            IoOp::Trim => &s.trims,
-            IoOp::WriteZeroes => &s.write_zeroes,
-            IoOp::Flush => &s.flushes,
-        };
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        (n % LATENCY_SAMPLE_EVERY == 0).then(|| self.clock.now_ns())
+        let local = self.hot.local(LATENCY_SAMPLE_EVERY);
+        match op {
+            IoOp::Read => local.add(Hot::Reads, 1),
+            IoOp::Write => local.add(Hot::Writes, 1),
+            IoOp::Trim => Stats::bump(&s.trims),
+            IoOp::WriteZeroes => Stats::bump(&s.write_zeroes),
+            IoOp::Flush => Stats::bump(&s.flushes),
+        }
+        let t0 = local.timed.then(|| self.clock.now_ns());
+        (local, t0)
     }
 
     /// Finish accounting a request started with [`begin`](Self::begin).
     #[inline]
-    fn account(&self, op: IoOp, len: u64, t0: Option<u64>, route: Route, ok: bool) {
+    fn account(
+        &self,
+        op: IoOp,
+        len: u64,
+        started: (Local<'_>, Option<u64>),
+        route: Route,
+        ok: bool,
+    ) {
         let s = &self.stats;
+        let (local, t0) = started;
         if ok {
             match op {
-                IoOp::Read => {
-                    s.bytes_read.fetch_add(len, Ordering::Relaxed);
-                }
-                IoOp::Write => {
-                    s.bytes_written.fetch_add(len, Ordering::Relaxed);
-                }
+                IoOp::Read => local.add(Hot::BytesRead, len),
+                IoOp::Write => local.add(Hot::BytesWritten, len),
                 _ => {}
             }
         }
         if op != IoOp::Flush {
-            Stats::bump(match route {
-                Route::Normal => &s.normal_ios,
-                Route::Remapped => &s.remapped_ios,
-            });
+            match route {
+                Route::Normal => local.add(Hot::NormalIos, 1),
+                Route::Remapped => Stats::bump(&s.remapped_ios),
+            }
         }
         if !ok {
             Stats::bump(&s.failed_ios);
@@ -496,7 +523,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     }
 
     fn read_routed(&self, offset: u64, buf: &mut [u8]) -> Result<Route, DeviceError> {
-        if let Some(g) = self.fast_begin() {
+        if let Some(g) = self.fast_begin(offset, buf.len() as u64) {
             match self.main.read_at(offset, buf) {
                 Ok(()) if self.fast_end(g) => return Ok(Route::Normal),
                 // Raced with a table change: read again under the lock.
@@ -698,7 +725,12 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// changed); any other refusal means the state contradicts itself, so writes stop.
     fn apply(&self, engine: &mut Engine, rec: &Record) -> Result<(), DeviceError> {
         match record::apply(&mut engine.table, &mut engine.spares, self.blocks, rec) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(lba) = rec.lba() {
+                    self.regions.update(&engine.table, lba);
+                }
+                Ok(())
+            }
             Err(ApplyError::Table(TableError::Full { lba, capacity })) => {
                 Err(DeviceError::TableFull { lba, capacity })
             }
@@ -713,7 +745,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Make `records` durable; on failure stop all writes.
     fn commit(&self, engine: &Engine, records: &[Record]) -> Result<(), DeviceError> {
         self.update_gauges(engine);
-        let stats = self.stats.snapshot();
+        let stats = self.stats();
         let view = EngineView {
             table: &engine.table,
             spares: &engine.spares,
@@ -760,8 +792,9 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         r.map(|_| ())
     }
 
-    fn write_backend(
-        backend: &dyn BlockBackend,
+    #[inline]
+    fn write_backend<B: BlockBackend + ?Sized>(
+        backend: &B,
         at: u64,
         buf: &[u8],
         fua: bool,
@@ -774,7 +807,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     }
 
     fn write_routed(&self, offset: u64, buf: &[u8], fua: bool) -> Result<Route, DeviceError> {
-        if let Some(g) = self.fast_begin() {
+        if let Some(g) = self.fast_begin(offset, buf.len() as u64) {
             match Self::write_backend(&self.main, offset, buf, fua) {
                 Ok(()) if self.fast_end(g) => return Ok(Route::Normal),
                 // Raced with a table change: write again under the lock, where it belongs.
@@ -1357,7 +1390,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     pub fn checkpoint(&self) -> Result<(), DeviceError> {
         let engine = self.engine.write();
         self.update_gauges(&engine);
-        let stats = self.stats.snapshot();
+        let stats = self.stats();
         let view = EngineView {
             table: &engine.table,
             spares: &engine.spares,
@@ -1482,13 +1515,22 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
 
     // ----- inspection -----
 
+    /// Every counter: the shared ones and the per-thread fast-path ones, summed.
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        let mut s = self.stats.snapshot();
+        let h = &self.hot;
+        s.reads = s.reads.wrapping_add(h.sum(Hot::Reads));
+        s.writes = s.writes.wrapping_add(h.sum(Hot::Writes));
+        s.bytes_read = s.bytes_read.wrapping_add(h.sum(Hot::BytesRead));
+        s.bytes_written = s.bytes_written.wrapping_add(h.sum(Hot::BytesWritten));
+        s.normal_ios = s.normal_ios.wrapping_add(h.sum(Hot::NormalIos));
+        s
     }
 
-    /// The live counters, for frontends that reset them.
-    pub fn counters(&self) -> &Stats {
-        &self.stats
+    /// Zero the I/O and error counters (gauges describing the table and pool stay).
+    pub fn clear_counters(&self) {
+        self.stats.clear_counters();
+        self.hot.clear();
     }
 
     pub fn thresholds(&self) -> HealthThresholds {

@@ -34,7 +34,11 @@ pub mod backend;
 #[cfg(feature = "std")]
 pub mod device;
 #[cfg(feature = "std")]
+pub mod hot;
+#[cfg(feature = "std")]
 pub mod predict;
+#[cfg(feature = "std")]
+pub mod regions;
 #[cfg(feature = "std")]
 pub mod store;
 
