@@ -1,11 +1,12 @@
 //! Shared by the integration suites: starting the server under test, finding tools, test
 //! data.
 //!
-//! The server under test is chosen in ONE place, [`server_command`]. Today it is the
-//! `nbd-serve remap` example; when `remap serve` exists, point that function at it (or set
-//! `REMAP_NBD_SERVER="remap serve"`) and adapt [`prepare_device`]. Both take
-//! `MAIN SPARE --listen ADDR --socket PATH --name NAME [--read-only] [--fail-read BLOCKS]
-//! [--fail-write BLOCKS] [--flaky RATE --seed N]`.
+//! The server under test is chosen in ONE place, [`server_command`]: the `remap serve`
+//! command of the `remap` binary built beside these tests (`cargo test --workspace` builds
+//! it), formatting the blank spare itself (`--create`). `REMAP_NBD_SERVER` overrides it, e.g.
+//! with the library's own example: `REMAP_NBD_SERVER="target/release/examples/nbd-serve
+//! remap"`. Both take `MAIN SPARE --listen ADDR --socket PATH --name NAME [--read-only]
+//! [--fail-read BLOCKS] [--fail-write BLOCKS] [--flaky RATE --seed N]`.
 #![allow(dead_code)]
 
 pub mod raw;
@@ -34,9 +35,30 @@ pub fn server_command() -> Command {
         c.args(words);
         return c;
     }
-    let mut c = Command::new(example_binary("nbd-serve"));
-    c.arg("remap");
+    let mut c = Command::new(remap_binary());
+    c.args(["serve", "--create"]);
     c
+}
+
+/// The `remap` binary of the same build profile: target/<profile>/remap.
+pub fn remap_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let hint = "run the tests with `cargo test --workspace` (which builds the remap binary), or \
+                build it with `cargo build -p remap-cli` for the same profile";
+    fresh(
+        &dir.join("remap"),
+        &[
+            "src",
+            "../remap-cli/src",
+            "../remap-core/src",
+            "../remap-meta/src",
+        ],
+        hint,
+    )
 }
 
 /// Create MAIN (filled with [`pattern_byte`] data) and SPARE for the server under test.
@@ -59,23 +81,23 @@ pub fn example_binary(name: &str) -> PathBuf {
         "run the tests with `cargo test -p remap-nbd` (which builds the examples), or build it \
          with `cargo build -p remap-nbd --example {name}` for the same profile"
     );
-    let built = std::fs::metadata(&path)
+    fresh(&path, &["src", "examples", "../remap-core/src"], &hint)
+}
+
+/// `path`, after checking it exists and is not older than the sources under `dirs` (relative
+/// to this crate): `cargo test --test X` does not rebuild binaries, so refuse a stale one.
+/// Sources edited after the tests began (someone else working in the same tree) do not
+/// count: the binary was built from the sources as they were when the run started.
+fn fresh(path: &Path, dirs: &[&str], hint: &str) -> PathBuf {
+    let built = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {hint}", path.display()));
-    // `cargo test --test X` does not rebuild examples: refuse to test a stale binary. Sources
-    // edited after the tests began (someone else working in the same tree) do not count:
-    // the binary was built from the sources as they were when the run started.
     static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
     let started = *STARTED.get_or_init(std::time::SystemTime::now);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = [
-        manifest.join("src"),
-        manifest.join("examples"),
-        manifest.join("../remap-core/src"),
-    ];
-    if let Some(newest) = sources
+    if let Some(newest) = dirs
         .iter()
-        .filter_map(|d| newest_mtime(d, started))
+        .filter_map(|d| newest_mtime(&manifest.join(d), started))
         .max()
     {
         assert!(
@@ -84,7 +106,7 @@ pub fn example_binary(name: &str) -> PathBuf {
             path.display()
         );
     }
-    path
+    path.to_path_buf()
 }
 
 /// The newest modification time under `dir`, ignoring anything modified after `before`.
