@@ -2,8 +2,8 @@
 # Compare our NBD server with nbdkit's file plugin, same file, same clients, same run.
 #
 # One 1 GiB file of random data on tmpfs (/dev/shm) is served in turn by
-#   - ours:   a remapping device (no faults, spare pool in memory) over the file, i.e. what
-#             `remap serve` runs; started by start_ours() below (the one place to change);
+#   - ours:   `remap serve MAIN SPARE --create`: the remapping device over the file, with its
+#             spare (metadata and pool, 64 MiB) on tmpfs too; started by start_ours() below;
 #   - nbdkit: `nbdkit file`.
 # Each server runs REPS times (alternating which goes first); each run measures
 #   - sequential read and write with nbdcopy (MiB/s; nbdcopy's defaults: 4 connections),
@@ -12,7 +12,7 @@
 #
 # Usage: benches/nbd/compare.sh            (about 3 minutes)
 # Environment: REPS (3), RUNTIME seconds per fio run (4), SIZE_MIB (1024), PORT (10900),
-#              OURS_CMD (the server command; default: the release nbd-serve example, `remap` mode).
+#              OURS_CMD (the server command; default: the release `remap serve --create`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -40,9 +40,10 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building the release server..." >&2
-cargo build -q --release -p remap-nbd --example nbd-serve
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/nbd-serve
-OURS_CMD=${OURS_CMD:-"$BIN remap"}
+cargo build -q --release -p remap-cli
+BIN=${CARGO_TARGET_DIR:-target}/release/remap
+OURS_CMD=${OURS_CMD:-"$BIN serve --create"}
+SPARE=$WORK/spare.img
 
 echo "writing ${SIZE_MIB} MiB of random data to $WORK..." >&2
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$SRC"
@@ -50,8 +51,11 @@ cp "$SRC" "$IMG"
 
 # The server under test. To benchmark `remap serve`, change this function (or OURS_CMD).
 start_ours() {
+  # A fresh blank spare each run: --create formats it.
+  rm -f "$SPARE"
+  truncate -s 64M "$SPARE"
   # shellcheck disable=SC2086
-  RUST_LOG=warn $OURS_CMD "$IMG" --listen "127.0.0.1:$PORT" >"$WORK/ours.log" 2>&1 &
+  RUST_LOG=warn $OURS_CMD "$IMG" "$SPARE" --listen "127.0.0.1:$PORT" >"$WORK/ours.log" 2>&1 &
   SERVER_PID=$!
 }
 
