@@ -39,6 +39,10 @@ if [ -z "${REMAP_BIN:-}" ]; then
   REMAP_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/remap
 fi
 [ -x "$REMAP_BIN" ] || die "no remap binary at $REMAP_BIN"
+log "building the dm-log-writes replay check"
+(cd "$repo" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} cargo build -q -p remap-kmod --release --example log_replay)
+LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
+[ -x "$LOG_REPLAY" ] || die "no log_replay at $LOG_REPLAY"
 
 # One boot. Returns qemu's status; the console goes to $2. Two guest CPUs, run by one TCG
 # thread: with a thread per vCPU, the kernel's live code patching (int3 + text_poke) races
@@ -53,6 +57,8 @@ boot() { # phase log
     -drive "file=$wd/spare.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/blank.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/small.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/logspare.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/log.img,if=virtio,format=raw,cache=unsafe" \
     </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
   return "$rc"
 }
@@ -125,6 +131,13 @@ for flav in $flavours; do
   pool_offset=$(grep -o '"pool_offset": *[0-9]*' "$wd/create-small.json" | grep -o '[0-9]*$')
   [ -n "$pool_offset" ] || die "no pool_offset in $wd/create-small.json"
   echo $((pool_offset / 4096)) >"$wd/small-pool-block"
+  # The spare recorded by dm-log-writes, kept as it was before the guest wrote to it.
+  truncate -s 1M "$wd/main3.img"
+  truncate -s 2M "$wd/logspare.img"
+  truncate -s 16M "$wd/log.img"
+  "$REMAP_BIN" create "$wd/main3.img" "$wd/logspare.img" --journal-blocks 4 >/dev/null ||
+    die "remap create of the logged spare failed"
+  cp "$wd/logspare.img" "$wd/logspare-before.img"
   head -c 65536 /dev/urandom >"$wd/pat64k"
   head -c 4194304 /dev/urandom >"$wd/pat4m"
   "$here/mkinitramfs.sh" "$kenv" "$benv" "$wd/initrd.gz" "$wd/pat64k" "$wd/pat4m" \
@@ -142,6 +155,9 @@ for flav in $flavours; do
   [ "$small_remaps" = "0:2 1:3 " ] || die "$KREL: small spare remaps are '$small_remaps', expected '0:2 1:3 '"
   echo "$small" | grep -q '"retired_spares":\[0,1\]' || die "$KREL: small spare: spare blocks 0 and 1 are not retired: $small"
   log "$KREL: remap dump of the small spare shows the two retired spare blocks and the moves"
+
+  "$LOG_REPLAY" --log "$wd/log.img" --spare "$wd/logspare-before.img" --data "$wd/pat4m" \
+    --seeds 3 >&2 || die "$KREL: the kernel's writes to the spare do not survive every crash point"
 
   log "$KREL: boot 2 (qemu TCG)"
   rc=0

@@ -6,7 +6,7 @@
 #   mkinitramfs.sh <kernel env> <build env> <out.cpio.gz> [data file...]
 #
 # Modules: virtio (whatever of it is modular on this kernel), virtio_blk, dm-mod (which
-# carries the linear and error targets), dm-flakey. /lib/modules/load-order lists them as
+# carries the linear and error targets), dm-flakey, dm-log-writes. /lib/modules/load-order lists them as
 # the guest must insmod them.
 set -euo pipefail
 
@@ -76,7 +76,7 @@ add_module() { # name: dependencies first, each module once
   cp "$plain" "$w/lib/modules/$name.ko"
   order+=("$name")
 }
-for m in virtio_pci virtio_blk dm-mod dm-flakey; do
+for m in virtio_pci virtio_blk dm-mod dm-flakey dm-log-writes; do
   add_module "$m"
 done
 cp "$REMAP_KO" "$w/lib/modules/dm_remap.ko"

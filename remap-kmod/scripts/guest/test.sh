@@ -8,8 +8,9 @@
 #
 # Disks (from the host): /dev/vda main backing (32 MiB), /dev/vdb spare formatted on the
 # host with `remap create`, /dev/vdc a blank 4 MiB disk, /dev/vdd a small spare (4 spare
-# blocks) formatted for a 1 MiB main device. Data files in /data, among them
-# small-pool-block: where vdd's spare pool starts, in 4 KiB blocks.
+# blocks) formatted for a 1 MiB main device, /dev/vde a spare for another 1 MiB main
+# device and /dev/vdf a blank log device for dm-log-writes. Data files in /data, among
+# them small-pool-block: where vdd's spare pool starts, in 4 KiB blocks.
 #
 # The main device "main" is stacked from device-mapper targets over vda, in 4 KiB blocks:
 #   0    .. 2047  linear
@@ -127,7 +128,7 @@ create_rmp() { # [table]
 }
 
 if [ "$phase" = 1 ]; then
-  echo "PLAN phase=1 checks=85"
+  echo "PLAN phase=1 checks=89"
   check module_loaded insmod /lib/modules/dm_remap.ko
   check target_registered sh -c 'dmsetup targets | grep -q "^dm-remap-v4 *v4.0.0"'
   check main_created create_main
@@ -305,6 +306,27 @@ if [ "$phase" = 1 ]; then
   wait
   expect suspend_under_load_no_errors "" "$(cat /tmp/sw.out /tmp/ss.out)"
   check suspend_under_load_data same 3000 192 pat4m 0
+
+  # The kernel's real write ordering: a third spare, recorded by dm-log-writes while 24
+  # writes to an all-failing main device are moved, each followed by a mark. The host
+  # replays the log through every crash point (examples/log_replay.rs).
+  stage log-writes
+  echo "0 $(blockdev --getsz /dev/vde) log-writes /dev/vde /dev/vdf" |
+    dmsetup create --noudevsync splog && dmsetup mknodes splog
+  echo "0 2048 error" | dmsetup create --noudevsync main3 && dmsetup mknodes main3
+  check logged_remap_created sh -c 'dmsetup create --noudevsync rmp3 --table "0 2048 dm-remap-v4 /dev/mapper/main3 /dev/mapper/splog" && dmsetup mknodes rmp3'
+  failed=
+  i=0
+  while [ $i -lt 24 ]; do
+    dd if=/data/pat4m of=/dev/mapper/rmp3 bs=4096 seek=$i skip=$i count=1 oflag=direct \
+      2>/dev/null || failed="$failed $i"
+    dmsetup message splog 0 mark "r$i" || failed="$failed mark$i"
+    [ $i = 11 ] && { dmsetup message rmp3 0 checkpoint >/dev/null || failed="$failed checkpoint"; }
+    i=$((i + 1))
+  done
+  expect logged_writes_moved "" "$failed"
+  expect logged_remaps 24 "$(dmsetup status rmp3 | awk '{print $11}')"
+  check logged_removed sh -c 'dmsetup remove --noudevsync rmp3 && dmsetup remove --noudevsync splog main3'
 
   stage throughput
   echo "0 65536 linear $MAIN 0" | dmsetup create --noudevsync lin && dmsetup mknodes lin
