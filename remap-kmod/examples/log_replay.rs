@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use remap_core::backend::crash::CrashBackend;
 use remap_core::{BlockBackend, MemBackend};
 
-const MAGIC: u64 = 0x6a73_6677_7368_72;
+const MAGIC: u64 = 0x006a_7366_7773_6872;
 const FLUSH: u64 = 1;
 const FUA: u64 = 2;
 const DISCARD: u64 = 4;
@@ -66,9 +66,15 @@ fn le64(b: &[u8], at: usize) -> Result<u64, String> {
         .ok_or_else(|| format!("log truncated at byte {at}"))
 }
 
-/// Replay the log into a crash simulator; returns it and the marks with their history
-/// positions.
-fn replay(log: &[u8], spare: Vec<u8>) -> Result<(CrashBackend, Vec<(String, usize)>, u64), String> {
+/// A replayed log: the device, its marks (label, history position), the entry count.
+struct Replayed {
+    dev: CrashBackend,
+    marks: Vec<(String, usize)>,
+    entries: u64,
+}
+
+/// Replay the log into a crash simulator.
+fn replay(log: &[u8], spare: Vec<u8>) -> Result<Replayed, String> {
     if le64(log, 0)? != MAGIC {
         return Err("not a dm-log-writes log (bad magic)".into());
     }
@@ -126,14 +132,22 @@ fn replay(log: &[u8], spare: Vec<u8>) -> Result<(CrashBackend, Vec<(String, usiz
         };
         r.map_err(|e| format!("entry {i}: {e}"))?;
     }
-    Ok((dev, marks, entries))
+    Ok(Replayed {
+        dev,
+        marks,
+        entries,
+    })
 }
 
 fn run() -> Result<String, String> {
     let a = parse_args()?;
     let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
     let (log, spare, data) = (read(&a.log)?, read(&a.spare)?, read(&a.data)?);
-    let (dev, marks, entries) = replay(&log, spare)?;
+    let Replayed {
+        dev,
+        marks,
+        entries,
+    } = replay(&log, spare)?;
     // Marks r<N>: block N was acknowledged there.
     let mut acked: Vec<(u64, usize)> = Vec::new();
     for (label, at) in &marks {
