@@ -50,6 +50,8 @@ struct rk_open_args {
 	const u8 *main_dm_uuid;
 	u32 main_dm_uuid_len;
 	u32 page_size;
+	u32 main_logical_block;
+	u32 spare_logical_block;
 	u64 now_ns;
 	u32 argc;
 	const char *const *argv;

@@ -19,6 +19,7 @@
  * completes; read failures mark blocks pending and fail the bio.
  */
 #include <linux/module.h>
+#include <linux/version.h>
 #include <linux/device-mapper.h>
 #include <linux/bio.h>
 #include <linux/blkdev.h>
@@ -41,6 +42,13 @@
 #include "dm-remap-rust.h"
 
 #define DM_MSG_PREFIX "remap"
+
+/* Table modes are fmode_t before 6.5, blk_mode_t after. */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 5, 0)
+#define RK_MODE_WRITE BLK_OPEN_WRITE
+#else
+#define RK_MODE_WRITE FMODE_WRITE
+#endif
 #define RK_TARGET_NAME "dm-remap-v4"
 
 /* Bounce buffer of the synchronous I/O helpers (metadata pieces are <= 48 KiB). */
@@ -709,6 +717,8 @@ static int rk_load(struct rk_target *rt, struct rk_state **state,
 	a.main_dm_uuid = uuid;
 	a.main_dm_uuid_len = uuid ? strnlen(uuid, DM_UUID_LEN) : 0;
 	a.page_size = PAGE_SIZE;
+	a.main_logical_block = bdev_logical_block_size(rt->main->bdev);
+	a.spare_logical_block = bdev_logical_block_size(rt->spare->bdev);
 	a.now_ns = ktime_get_ns();
 	a.argc = rt->argc;
 	a.argv = (const char *const *)rt->argv;
@@ -731,6 +741,10 @@ static int rk_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 
 	if (argc < 2) {
 		ti->error = "expected <main_dev> <spare_dev> [<#opt_args> <opt>...]";
+		return -EINVAL;
+	}
+	if (!(dm_table_get_mode(ti->table) & RK_MODE_WRITE)) {
+		ti->error = "dm-remap-v4 needs a writable table: it records failing blocks on the spare";
 		return -EINVAL;
 	}
 	rt = kzalloc(sizeof(*rt), GFP_KERNEL);

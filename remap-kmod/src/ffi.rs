@@ -260,6 +260,8 @@ pub struct RkOpenArgs {
     pub main_dm_uuid: *const u8,
     pub main_dm_uuid_len: u32,
     pub page_size: u32,
+    pub main_logical_block: u32,
+    pub spare_logical_block: u32,
     pub now_ns: u64,
     /// The optional arguments (everything after the two devices).
     pub argc: u32,
@@ -339,6 +341,8 @@ pub unsafe extern "C" fn rk_open(
         spare_dev_bytes: a.spare_dev_bytes,
         main_dm_uuid: uuid,
         page_size: a.page_size,
+        main_logical_block: a.main_logical_block,
+        spare_logical_block: a.spare_logical_block,
         now_ns: a.now_ns,
     };
     let mut io = CIo { ctx: a.io };

@@ -114,6 +114,14 @@ pub enum OpenError {
     )]
     PartialBlock { size: u64, block: u32 },
     #[error(
+        "the {dev} device's logical block size {logical} is larger than the remap block size {block}: single blocks could not be written to it"
+    )]
+    DeviceBlockTooLarge {
+        dev: &'static str,
+        logical: u32,
+        block: u32,
+    },
+    #[error(
         "the spare was formatted for another main device: {kind} '{expected}' was recorded, this main device has '{found}'"
     )]
     IdentityMismatch {
@@ -138,7 +146,9 @@ impl OpenError {
             OpenError::SizeMismatch { .. } | OpenError::MainTooSmall { .. } => {
                 c"spare was formatted for a main device of another size"
             }
-            OpenError::BlockTooLarge { .. } | OpenError::PartialBlock { .. } => {
+            OpenError::BlockTooLarge { .. }
+            | OpenError::PartialBlock { .. }
+            | OpenError::DeviceBlockTooLarge { .. } => {
                 c"remap geometry not supported by the kernel target"
             }
             OpenError::IdentityMismatch { .. } => c"spare was formatted for another main device",
@@ -209,6 +219,9 @@ pub struct OpenParams<'a> {
     /// The main device's device-mapper UUID, when it is a device-mapper device with one.
     pub main_dm_uuid: Option<&'a [u8]>,
     pub page_size: u32,
+    /// Logical block sizes of the two devices: the slow path writes single blocks to both.
+    pub main_logical_block: u32,
+    pub spare_logical_block: u32,
     /// Monotonic time, for the throughput figure.
     pub now_ns: u64,
 }
@@ -292,6 +305,18 @@ pub fn open<I: BlockIo + ?Sized>(
             block,
             page: params.page_size,
         });
+    }
+    for (dev, logical) in [
+        ("main", params.main_logical_block),
+        ("spare", params.spare_logical_block),
+    ] {
+        if logical > block {
+            return Err(OpenError::DeviceBlockTooLarge {
+                dev,
+                logical,
+                block,
+            });
+        }
     }
     if !g.main_size.is_multiple_of(u64::from(block)) {
         return Err(OpenError::PartialBlock {

@@ -133,6 +133,34 @@ fn block_sizes_the_kernel_cannot_export_are_refused() {
 }
 
 #[test]
+fn devices_with_larger_logical_blocks_than_the_remap_block_are_refused() {
+    let mut s = sim(1 << 20, 64);
+    format(&s, 64 * 512, DeviceIdentity::NONE, 512);
+    let mut p = params(8, 1 << 20);
+    p.spare_logical_block = 4096;
+    let e = open(&mut s, &p, Options::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OpenError::DeviceBlockTooLarge {
+                dev: "spare",
+                logical: 4096,
+                block: 512
+            }
+        ),
+        "{e}"
+    );
+    p.spare_logical_block = 512;
+    p.main_logical_block = 4096;
+    assert!(matches!(
+        open(&mut s, &p, Options::default()),
+        Err(OpenError::DeviceBlockTooLarge { dev: "main", .. })
+    ));
+    p.main_logical_block = 512;
+    open(&mut s, &p, Options::default()).expect("512-byte devices serve 512-byte blocks");
+}
+
+#[test]
 fn contradicting_thresholds_are_refused() {
     let t = setup(&Setup::default());
     let mut s = t.sim;

@@ -128,7 +128,7 @@ create_rmp() { # [table]
 }
 
 if [ "$phase" = 1 ]; then
-  echo "PLAN phase=1 checks=89"
+  echo "PLAN phase=1 checks=91"
   check module_loaded insmod /lib/modules/dm_remap.ko
   check target_registered sh -c 'dmsetup targets | grep -q "^dm-remap-v4 *v4.0.0"'
   check main_created create_main
@@ -214,6 +214,8 @@ if [ "$phase" = 1 ]; then
   check wrong_size_refusal_says_why sh -c 'dmesg | grep -q "formatted for a main device of 33554432 bytes, but the table maps 16777216"'
   check unformatted_refused sh -c "! dmsetup create --noudevsync rmp4 --table '0 65536 dm-remap-v4 $MAIN /dev/vdc' 2>/dev/null"
   check unformatted_refusal_says_why sh -c 'dmesg | grep -q "holds no valid remap superblock"'
+  check readonly_refused sh -c "! dmsetup create --noudevsync --readonly rmp5 --table '0 65536 dm-remap-v4 $MAIN /dev/vdc' 2>/dev/null"
+  check readonly_refusal_says_why sh -c 'dmesg | grep -q "needs a writable table"'
   expect unformatted_spare_untouched "$md5_blank" "$(md5sum < /dev/vdc)"
 
   stage concurrency

@@ -189,6 +189,8 @@ pub fn params(main_blocks: u64, spare_bytes: u64) -> OpenParams<'static> {
         spare_dev_bytes: spare_bytes,
         main_dm_uuid: None,
         page_size: 4096,
+        main_logical_block: 512,
+        spare_logical_block: 512,
         now_ns: 1_000,
     }
 }
