@@ -88,8 +88,8 @@ int rk_open(const struct rk_open_args *a, struct rk_state **state,
 	    struct rk_shared **shared, struct rk_geometry *geo, char *err,
 	    u32 errlen, const char **reason);
 void rk_close(struct rk_state *state, struct rk_shared *shared);
-void rk_route(const struct rk_state *state, u64 lba, u64 blocks, u32 op,
-	      struct rk_route *out);
+void rk_route(const struct rk_state *state, const struct rk_shared *shared,
+	      u64 lba, u64 blocks, u32 op, struct rk_route *out);
 void rk_account(const struct rk_shared *shared, u32 op, u64 bytes,
 		u64 latency_ns, bool remapped, bool ok);
 void rk_account_spare_flush(const struct rk_shared *shared, bool ok);

@@ -431,7 +431,7 @@ static int rk_route_bio(struct rk_target *rt, struct bio *bio, bool in_map)
 	struct rk_route r;
 
 	pb->lba = sector >> rt->spb_shift;
-	rk_route(rt->state, pb->lba, blocks, pb->op, &r);
+	rk_route(rt->state, rt->shared, pb->lba, blocks, pb->op, &r);
 	if (!r.blocks || r.blocks > blocks)
 		r.kind = RK_ROUTE_FAIL;
 	if (r.blocks < blocks) {

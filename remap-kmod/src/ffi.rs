@@ -418,21 +418,27 @@ pub struct RkRoute {
 /// The map() decision for `[lba, lba + blocks)`.
 ///
 /// # Safety
-/// `state` is the target's state and the glue's gate is open (no writer); `out` is valid.
+/// `state` is the target's state and the glue's gate is open (no writer); `shared` is its
+/// shared part; `out` is valid.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rk_route(
     state: *const State,
+    shared: *const Shared,
     lba: u64,
     blocks: u64,
     op: u32,
     out: *mut RkRoute,
 ) {
     // SAFETY: the caller's contract: shared access while the gate is open.
-    let (Some(state), Some(out)) = (unsafe { state.as_ref() }, unsafe { out.as_mut() }) else {
+    let (Some(state), Some(sh), Some(out)) = (
+        unsafe { state.as_ref() },
+        unsafe { shared.as_ref() },
+        unsafe { out.as_mut() },
+    ) else {
         return;
     };
     let op = Op::from_u32(op).unwrap_or(Op::Read);
-    let (kind, blocks, sector) = match state.route(lba, blocks, op) {
+    let (kind, blocks, sector) = match state.route(sh, lba, blocks, op) {
         Route::Main { blocks } => (RK_ROUTE_MAIN, blocks, 0),
         Route::Spare { blocks, offset } => (RK_ROUTE_SPARE, blocks, offset >> 9),
         Route::Fail { blocks } => (RK_ROUTE_FAIL, blocks, 0),

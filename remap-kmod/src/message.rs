@@ -236,11 +236,15 @@ fn write_health(out: &mut impl Write, sh: &Shared) -> fmt::Result {
         h.spare_used_pct,
         h.pending
     )?;
-    if h.reasons == HealthReasons::default() {
+    let poisoned = sh.is_poisoned();
+    if h.reasons == HealthReasons::default() && !poisoned {
         return out.write_str("none");
     }
+    if poisoned {
+        out.write_str("metadata_writes_failed,_writes_refused_until_the_table_is_reloaded")?;
+    }
     for (i, r) in h.reasons.descriptions().enumerate() {
-        if i > 0 {
+        if i > 0 || poisoned {
             out.write_char(',')?;
         }
         // One token per reason, for scripts.

@@ -458,11 +458,16 @@ impl Shared {
         self.since_ns.store(now_ns, Ordering::Relaxed);
     }
 
+    /// remap-core's verdict; critical whatever the figures once metadata writes failed.
     pub fn health(&self) -> HealthReport {
-        evaluate(
+        let mut h = evaluate(
             &HealthInputs::from_snapshot(&self.stats.snapshot()),
             &self.thresholds,
-        )
+        );
+        if self.is_poisoned() {
+            h.state = remap_core::HealthState::Critical;
+        }
+        h
     }
 }
 
@@ -502,11 +507,13 @@ impl State {
     }
 
     /// The fast path: where the first run of `[lba, lba + blocks)` goes. One search when the
-    /// range holds no entry. Never allocates.
+    /// range holds no entry. Never allocates. After a metadata failure every write fails:
+    /// the table in memory may be ahead of the one on disk, and a write acknowledged through
+    /// it could be lost by the next load.
     #[inline]
-    pub fn route(&self, lba: u64, blocks: u64, op: Op) -> Route {
+    pub fn route(&self, sh: &Shared, lba: u64, blocks: u64, op: Op) -> Route {
         let end = lba.saturating_add(blocks).min(self.blocks);
-        if lba >= end {
+        if lba >= end || (op != Op::Read && sh.is_poisoned()) {
             // Outside the device: device-mapper never sends this; fail it rather than guess.
             return Route::Fail { blocks };
         }

@@ -48,13 +48,19 @@ fn reads_of_a_pending_block_fail_at_once_and_a_write_moves_it() {
     let mut b = vec![0u8; BS as usize];
     assert_eq!(t.kread(7, &mut b), Err(5));
     // The fast path knows: no device I/O for a pending block.
-    assert_eq!(t.state.route(7, 1, Op::Read), Route::Fail { blocks: 1 });
+    assert_eq!(
+        t.state.route(&t.shared, 7, 1, Op::Read),
+        Route::Fail { blocks: 1 }
+    );
     let before = t.sim.log.len();
     assert_eq!(t.kread(7, &mut b), Err(5));
     assert_eq!(t.sim.log.len(), before);
     // The main device could be written there, but the block has no good copy left on it as
     // far as the table knows: the write moves it to a spare.
-    assert_eq!(t.state.route(7, 1, Op::Write), Route::Slow { blocks: 1 });
+    assert_eq!(
+        t.state.route(&t.shared, 7, 1, Op::Write),
+        Route::Slow { blocks: 1 }
+    );
     let data = pattern(7, 1, 9);
     t.kwrite(7, &data).unwrap();
     let e = t.state.table().get(7).unwrap();

@@ -296,10 +296,11 @@ impl Target {
         let mut off = 0usize;
         while off < data.len() {
             let blocks = (data.len() - off) as u64 / BS;
-            let (n, fast) = match self.state.route(at, blocks, Op::Write) {
+            let (n, fast) = match self.state.route(&self.shared, at, blocks, Op::Write) {
                 Route::Main { blocks } => (blocks, Some((Dev::Main, at * BS))),
                 Route::Spare { blocks, offset } => (blocks, Some((Dev::Spare, offset))),
                 Route::Slow { blocks } => (blocks, None),
+                Route::Fail { .. } => return Err(5),
                 r => panic!("a write routed to {r:?}"),
             };
             let chunk = &data[off..off + (n * BS) as usize];
@@ -327,7 +328,7 @@ impl Target {
         let mut off = 0usize;
         while off < buf.len() {
             let blocks = (buf.len() - off) as u64 / BS;
-            let (n, dev, offset) = match self.state.route(at, blocks, Op::Read) {
+            let (n, dev, offset) = match self.state.route(&self.shared, at, blocks, Op::Read) {
                 Route::Main { blocks } => (blocks, Dev::Main, at * BS),
                 Route::Spare { blocks, offset } => (blocks, Dev::Spare, offset),
                 Route::Fail { .. } => return Err(5),
