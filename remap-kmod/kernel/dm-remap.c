@@ -432,8 +432,11 @@ static int rk_route_bio(struct rk_target *rt, struct bio *bio, bool in_map)
 
 	pb->lba = sector >> rt->spb_shift;
 	rk_route(rt->state, rt->shared, pb->lba, blocks, pb->op, &r);
-	if (!r.blocks || r.blocks > blocks)
+	if (!r.blocks || r.blocks > blocks) {
+		/* Never happens: the Rust side answers within the request. Fail it whole. */
 		r.kind = RK_ROUTE_FAIL;
+		r.blocks = blocks;
+	}
 	if (r.blocks < blocks) {
 		if (!in_map) {
 			rk_put_inflight(rt);
