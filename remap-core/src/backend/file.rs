@@ -13,6 +13,10 @@ use rustix::fs::{FallocateFlags, FlockOperation};
 
 use super::{BlockBackend, IoError, IoOp, check_range, errno};
 
+/// Retries of a lock held by someone else, and the pause between them (about 0.2 s in all).
+const LOCK_RETRIES: u32 = 10;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Alignment of the bounce buffer used with `O_DIRECT`. 4096 satisfies every logical
 /// block size Linux devices report.
 const DIRECT_ALIGN: usize = 4096;
@@ -150,14 +154,26 @@ impl FileBackend {
             } else {
                 FlockOperation::NonBlockingLockExclusive
             };
-            if let Err(e) = rustix::fs::flock(&file, op) {
-                if e == rustix::io::Errno::WOULDBLOCK {
-                    return Err(OpenError::InUse {
-                        path: path.to_path_buf(),
-                        holder: lock_holder(meta.dev(), meta.ino()),
-                    });
+            // A lock lives as long as any descriptor of the open file does, and a child
+            // process being spawned holds copies of its parent's descriptors until its exec
+            // closes them: a holder that just let go may still show for a moment. Retry
+            // briefly (bounded) before reporting the device in use.
+            let mut attempt = 0;
+            loop {
+                match rustix::fs::flock(&file, op) {
+                    Ok(()) => break,
+                    Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                        if attempt == LOCK_RETRIES {
+                            return Err(OpenError::InUse {
+                                path: path.to_path_buf(),
+                                holder: lock_holder(meta.dev(), meta.ino()),
+                            });
+                        }
+                        attempt += 1;
+                        std::thread::sleep(LOCK_RETRY_PAUSE);
+                    }
+                    Err(e) => return Err(open_err(e.into())),
                 }
-                return Err(open_err(e.into()));
             }
         }
         let size = if block_device {
