@@ -69,26 +69,7 @@ impl Header {
 
     /// Decode a header. Total; checks only what the header alone can show.
     pub fn decode(bytes: &[u8], region: Region) -> Result<Header, FormatError> {
-        if bytes.len() != META_BLOCK {
-            return Err(FormatError::BadLength {
-                region,
-                len: bytes.len(),
-                expected: META_BLOCK,
-            });
-        }
-        let r = Reader(bytes);
-        if r.bytes::<8>(0) != MAGIC {
-            return Err(FormatError::BadMagic { region });
-        }
-        let stored = r.u32(CRC_AT);
-        let computed = crc32c(&bytes[..CRC_AT]);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                region,
-                stored,
-                computed,
-            });
-        }
+        let r = crate::wire::checked_block(bytes, &MAGIC, region)?;
         if r.u32(68) != SLOTS as u32 {
             return Err(FormatError::BadField {
                 region,

@@ -199,26 +199,7 @@ impl JournalBlock {
 
     /// Decode a journal block. Total: any bytes give a block or a typed error.
     pub fn decode(bytes: &[u8], region: Region) -> Result<JournalBlock, FormatError> {
-        if bytes.len() != META_BLOCK {
-            return Err(FormatError::BadLength {
-                region,
-                len: bytes.len(),
-                expected: META_BLOCK,
-            });
-        }
-        let r = Reader(bytes);
-        if r.bytes::<8>(0) != MAGIC {
-            return Err(FormatError::BadMagic { region });
-        }
-        let stored = r.u32(CRC_AT);
-        let computed = crc32c(&bytes[..CRC_AT]);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                region,
-                stored,
-                computed,
-            });
-        }
+        let r = crate::wire::checked_block(bytes, &MAGIC, region)?;
         let count = usize::from(r.u16(32));
         let flags = r.u16(34);
         if count > RECORDS_PER_BLOCK {
@@ -253,7 +234,7 @@ impl JournalBlock {
             commit_end: flags & FLAG_COMMIT_END != 0,
             prev_crc: r.u32(36),
             records,
-            crc: stored,
+            crc: r.u32(CRC_AT),
         })
     }
 }

@@ -8,7 +8,7 @@ use crate::META_BLOCK;
 use crate::checksum::crc32c;
 use crate::error::{FormatError, Region};
 use crate::layout::Geometry;
-use crate::wire::{Reader, Writer};
+use crate::wire::Writer;
 
 pub const MAGIC: [u8; 8] = *b"REMAP\0SB";
 pub const VERSION: u32 = 1;
@@ -269,26 +269,7 @@ impl Superblock {
 
     /// Decode a superblock copy. Total: any bytes give a superblock or a typed error.
     pub fn decode(bytes: &[u8], region: Region) -> Result<Superblock, FormatError> {
-        if bytes.len() != META_BLOCK {
-            return Err(FormatError::BadLength {
-                region,
-                len: bytes.len(),
-                expected: META_BLOCK,
-            });
-        }
-        let r = Reader(bytes);
-        if r.bytes::<8>(O_MAGIC) != MAGIC {
-            return Err(FormatError::BadMagic { region });
-        }
-        let stored = r.u32(CRC_AT);
-        let computed = crc32c(&bytes[..CRC_AT]);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                region,
-                stored,
-                computed,
-            });
-        }
+        let r = crate::wire::checked_block(bytes, &MAGIC, region)?;
         let version = r.u32(O_VERSION);
         if version != VERSION {
             return Err(FormatError::UnsupportedVersion {

@@ -1,6 +1,43 @@
 //! Little-endian field access on fixed-size byte blocks. Every accessor takes a constant
 //! offset inside a block whose size the caller has already checked, so none can fail.
 
+use crate::META_BLOCK;
+use crate::checksum::crc32c;
+use crate::error::{FormatError, Region};
+
+/// Where every metadata block keeps its CRC32C (of all the bytes before it).
+pub const CRC_AT: usize = META_BLOCK - 4;
+
+/// The checks every metadata block starts with: 4 KiB long, the right magic, and a CRC32C
+/// that matches. Returns a reader over it.
+pub fn checked_block<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    region: Region,
+) -> Result<Reader<'a>, FormatError> {
+    if bytes.len() != META_BLOCK {
+        return Err(FormatError::BadLength {
+            region,
+            len: bytes.len(),
+            expected: META_BLOCK,
+        });
+    }
+    let r = Reader(bytes);
+    if r.bytes::<8>(0) != *magic {
+        return Err(FormatError::BadMagic { region });
+    }
+    let stored = r.u32(CRC_AT);
+    let computed = crc32c(&bytes[..CRC_AT]);
+    if stored != computed {
+        return Err(FormatError::BadChecksum {
+            region,
+            stored,
+            computed,
+        });
+    }
+    Ok(r)
+}
+
 /// A read-only view of a metadata block.
 #[derive(Debug, Clone, Copy)]
 pub struct Reader<'a>(pub &'a [u8]);
