@@ -204,10 +204,17 @@ impl Value {
     }
 }
 
+/// Every `SUMMARY_STRIDE`th key of a chunk is copied into its summary: a lookup searches the
+/// summary (two cache lines, next to the chunk's header) and then 32 keys (four lines),
+/// instead of binary-searching 4 KiB of keys with a cache miss at most steps.
+const SUMMARY_STRIDE: usize = 32;
+const SUMMARY: usize = CHUNK_CAPACITY / SUMMARY_STRIDE;
+
 #[derive(Clone, Debug)]
 struct Chunk {
     keys: Vec<u64>,
     values: Vec<Value>,
+    summary: [u64; SUMMARY],
 }
 
 impl Chunk {
@@ -215,6 +222,35 @@ impl Chunk {
         Chunk {
             keys: Vec::with_capacity(CHUNK_CAPACITY),
             values: Vec::with_capacity(CHUNK_CAPACITY),
+            summary: [u64::MAX; SUMMARY],
+        }
+    }
+
+    /// Recompute the summary after the keys changed.
+    fn refresh(&mut self) {
+        for (i, s) in self.summary.iter_mut().enumerate() {
+            *s = self
+                .keys
+                .get(i * SUMMARY_STRIDE)
+                .copied()
+                .unwrap_or(u64::MAX);
+        }
+    }
+
+    /// `self.keys.binary_search(&lba)`, through the summary.
+    #[inline]
+    fn search(&self, lba: u64) -> Result<usize, usize> {
+        let len = self.keys.len();
+        let sampled = len.div_ceil(SUMMARY_STRIDE);
+        let j = self.summary[..sampled].partition_point(|&k| k <= lba);
+        if j == 0 {
+            return Err(0);
+        }
+        let lo = (j - 1) * SUMMARY_STRIDE;
+        let hi = (j * SUMMARY_STRIDE).min(len);
+        match self.keys[lo..hi].binary_search(&lba) {
+            Ok(i) => Ok(lo + i),
+            Err(i) => Err(lo + i),
         }
     }
 }
@@ -292,11 +328,7 @@ impl RemapTable {
             return None;
         }
         let chunk = &self.chunks[self.chunk_for(lba)];
-        chunk
-            .keys
-            .binary_search(&lba)
-            .ok()
-            .map(|i| chunk.values[i].unpack())
+        chunk.search(lba).ok().map(|i| chunk.values[i].unpack())
     }
 
     /// Whether any block in `[lba, lba + blocks)` has an entry. The fast path of every I/O.
@@ -317,7 +349,9 @@ impl RemapTable {
             return None;
         }
         let mut c = self.chunk_for(lba);
-        let mut i = self.chunks[c].keys.partition_point(|&k| k < lba);
+        let mut i = match self.chunks[c].search(lba) {
+            Ok(i) | Err(i) => i,
+        };
         if i == self.chunks[c].keys.len() {
             c += 1;
             i = 0;
@@ -358,6 +392,7 @@ impl RemapTable {
             let mut chunk = Chunk::new();
             chunk.keys.push(lba);
             chunk.values.push(value);
+            chunk.refresh();
             self.chunks.push(chunk);
             self.first_keys.push(lba);
             self.len = 1;
@@ -365,7 +400,7 @@ impl RemapTable {
             return Ok(None);
         }
         let c = self.chunk_for(lba);
-        let pos = match self.chunks[c].keys.binary_search(&lba) {
+        let pos = match self.chunks[c].search(lba) {
             Ok(i) => {
                 let old = core::mem::replace(&mut self.chunks[c].values[i], value).unpack();
                 self.count(&old, false);
@@ -392,6 +427,8 @@ impl RemapTable {
             let mut right = Chunk::new();
             right.keys.extend(self.chunks[c].keys.drain(half..));
             right.values.extend(self.chunks[c].values.drain(half..));
+            right.refresh();
+            self.chunks[c].refresh();
             self.first_keys.insert(c + 1, right.keys[0]);
             self.chunks.insert(c + 1, right);
             if pos <= half {
@@ -402,6 +439,7 @@ impl RemapTable {
         };
         self.chunks[c].keys.insert(pos, lba);
         self.chunks[c].values.insert(pos, value);
+        self.chunks[c].refresh();
         if pos == 0 {
             self.first_keys[c] = lba;
         }
@@ -416,9 +454,10 @@ impl RemapTable {
             return None;
         }
         let c = self.chunk_for(lba);
-        let i = self.chunks[c].keys.binary_search(&lba).ok()?;
+        let i = self.chunks[c].search(lba).ok()?;
         self.chunks[c].keys.remove(i);
         let old = self.chunks[c].values.remove(i).unpack();
+        self.chunks[c].refresh();
         if self.chunks[c].keys.is_empty() {
             self.chunks.remove(c);
             self.first_keys.remove(c);
@@ -502,6 +541,11 @@ impl RemapTable {
             }
             if self.first_keys[c] != chunk.keys[0] {
                 return Err("first key does not match chunk");
+            }
+            let mut fresh = chunk.clone();
+            fresh.refresh();
+            if fresh.summary != chunk.summary {
+                return Err("chunk summary out of date");
             }
             for (&k, v) in chunk.keys.iter().zip(&chunk.values) {
                 if prev.is_some_and(|p| p >= k) {
