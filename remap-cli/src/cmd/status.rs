@@ -217,6 +217,34 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     print_human(&status, out)
 }
 
+/// The lines the offline and the live status share: the health figures, the pool, the table.
+fn print_pool(
+    out: &mut dyn Write,
+    (error_rate_ppm, spare_used_pct, pending): (u64, u64, u64),
+    spares: &SpareSection,
+    blocks: &BlockSection,
+) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "          error rate {error_rate_ppm} ppm, spare use {spare_used_pct} %, {pending} pending"
+    )?;
+    writeln!(
+        out,
+        "spares    {} total, {} used, {} free, {} retired; capacity {}",
+        spares.total,
+        spares.used,
+        spares.free,
+        spares.retired,
+        units::bytes(spares.capacity_bytes)
+    )?;
+    writeln!(
+        out,
+        "blocks    {} remapped, {} pending ({} of {} table entries)",
+        blocks.remapped, blocks.pending, blocks.table_entries, blocks.table_capacity
+    )?;
+    Ok(())
+}
+
 fn print_human(s: &Status<'_>, out: &mut dyn Write) -> Result<(), CliError> {
     let g = &s.geometry;
     writeln!(
@@ -256,24 +284,15 @@ fn print_human(s: &Status<'_>, out: &mut dyn Write) -> Result<(), CliError> {
             )
         }
     )?;
-    writeln!(
+    print_pool(
         out,
-        "          error rate {} ppm, spare use {} %, {} pending",
-        s.health.error_rate_ppm, s.health.spare_used_pct, s.health.pending
-    )?;
-    writeln!(
-        out,
-        "spares    {} total, {} used, {} free, {} retired; capacity {}",
-        s.spares.total,
-        s.spares.used,
-        s.spares.free,
-        s.spares.retired,
-        units::bytes(s.spares.capacity_bytes)
-    )?;
-    writeln!(
-        out,
-        "blocks    {} remapped, {} pending ({} of {} table entries)",
-        s.blocks.remapped, s.blocks.pending, s.blocks.table_entries, s.blocks.table_capacity
+        (
+            s.health.error_rate_ppm,
+            s.health.spare_used_pct,
+            s.health.pending,
+        ),
+        &s.spares,
+        &s.blocks,
     )?;
     writeln!(
         out,
@@ -405,24 +424,15 @@ fn print_live_human(s: &LiveStatus, out: &mut dyn Write) -> Result<(), CliError>
         format!(": {}", s.health.reasons.join("; "))
     };
     writeln!(out, "health    {}{reasons}", s.health.state)?;
-    writeln!(
+    print_pool(
         out,
-        "          error rate {} ppm, spare use {} %, {} pending",
-        s.health.error_rate_ppm, s.health.spare_used_pct, s.health.pending
-    )?;
-    writeln!(
-        out,
-        "spares    {} total, {} used, {} free, {} retired; capacity {}",
-        s.spares.total,
-        s.spares.used,
-        s.spares.free,
-        s.spares.retired,
-        units::bytes(s.spares.capacity_bytes)
-    )?;
-    writeln!(
-        out,
-        "blocks    {} remapped, {} pending ({} of {} table entries)",
-        s.blocks.remapped, s.blocks.pending, s.blocks.table_entries, s.blocks.table_capacity
+        (
+            s.health.error_rate_ppm,
+            s.health.spare_used_pct,
+            s.health.pending,
+        ),
+        &s.spares,
+        &s.blocks,
     )?;
     writeln!(
         out,
