@@ -141,12 +141,6 @@ impl HotCounters {
         }
     }
 
-    /// Add `n` to counter `which` (taking this thread's line; prefer [`local`](Self::local)
-    /// when counting several things for one request).
-    pub fn add(&self, which: Hot, n: u64) {
-        self.local(u64::MAX).add(which, n);
-    }
-
     /// The counter's total since creation (or the last [`clear`](Self::clear)).
     pub fn sum(&self, which: Hot) -> u64 {
         let k = which as usize;
@@ -189,8 +183,9 @@ mod tests {
                 let h = h.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        h.add(Hot::Reads, 1);
-                        h.add(Hot::BytesRead, 4096);
+                        let local = h.local(64);
+                        local.add(Hot::Reads, 1);
+                        local.add(Hot::BytesRead, 4096);
                     }
                 })
             })
@@ -203,7 +198,7 @@ mod tests {
         assert_eq!(h.sum(Hot::BytesRead), 409_600_000);
         h.clear();
         assert_eq!(h.sum(Hot::Reads), 0);
-        h.add(Hot::Reads, 2);
+        h.local(64).add(Hot::Reads, 2);
         assert_eq!(h.sum(Hot::Reads), 2);
     }
 }

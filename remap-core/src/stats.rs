@@ -69,15 +69,19 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    pub const fn new() -> Self {
         LatencyHistogram {
             buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS],
             total_ns: AtomicU64::new(0),
             count: AtomicU64::new(0),
         }
     }
-}
 
-impl LatencyHistogram {
     /// The bucket a latency falls in.
     pub fn bucket_of(ns: u64) -> usize {
         (u64::BITS - ns.leading_zeros()).min(LATENCY_BUCKETS as u32 - 1) as usize
@@ -175,11 +179,7 @@ macro_rules! snapshot_struct {
             pub const fn new() -> Self {
                 Stats {
                     $($field: AtomicU64::new(0),)*
-                    latency: LatencyHistogram {
-                        buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS],
-                        total_ns: AtomicU64::new(0),
-                        count: AtomicU64::new(0),
-                    },
+                    latency: LatencyHistogram::new(),
                 }
             }
 
