@@ -27,7 +27,8 @@ step "tests (unit, integration, model, real NBD clients)"
 cargo test --workspace --all-features --release
 
 step "examples"
-cargo run --release -p remap-core --features testing --example salvage >/dev/null
+cargo run --release -p remap-core --features test-support --example salvage >/dev/null
+cargo run --release -p remap-service --example embed
 
 step "fuzz smoke runs"
 fuzz/smoke.sh

@@ -2,14 +2,24 @@
 //!
 //! Every message is one line of the form `DEVICE: [block N: ]cause`, so that `main` prints
 //! `remap: ` in front of it and nothing else: no Debug dumps, no source chains repeated
-//! (each variant's text already includes its cause), no backtraces.
+//! (each variant's text already includes its cause), no backtraces. The service's errors
+//! are wrapped as they are; where the command line has something to add (the option that
+//! would help, the command to run first), [`hint`] adds it here, in the command line's
+//! terms, so the library's messages name no option.
 
 use std::io;
 use std::path::PathBuf;
 
 use remap_core::DeviceError;
-use remap_core::backend::OpenError;
 use remap_meta::open::MetaError;
+use remap_service::ServeError;
+use remap_service::blocks::OutOfRange;
+use remap_service::control::ControlError;
+use remap_service::devices::PairError;
+use remap_service::scrub::ScrubError;
+use remap_service::settings::SettingsError;
+use remap_service::smart::SmartError;
+use remap_service::transfer::{BlockError, TransferError};
 
 use crate::units;
 
@@ -22,47 +32,23 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit status when a command was stopped by SIGINT or SIGTERM (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Which of the pair a device is, for messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Main,
-    Spare,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Main => "main",
-            Role::Spare => "spare",
-        })
-    }
-}
-
 /// Why a `remap` command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CliError {
-    /// The command line names something impossible for these devices (a block past the
-    /// end, the same device twice). Nothing was changed.
+    /// The command line names something impossible for these devices. Nothing was changed.
     #[error("{message}")]
     Usage { message: String },
 
     /// A block number beyond the main device. Nothing was changed.
-    #[error("{}: block {lba} is beyond the end of the device ({blocks} blocks of {block_size} bytes, numbered 0 to {})", path.display(), blocks.saturating_sub(1))]
-    BlockOutOfRange {
-        path: PathBuf,
-        lba: u64,
-        blocks: u64,
-        block_size: u32,
-    },
+    #[error(transparent)]
+    BlockOutOfRange(#[from] OutOfRange),
 
-    /// Opening the main or spare device failed (missing, not a device, in use).
-    #[error("{}: cannot open the {role} device: {}", path.display(), describe_open(.source))]
-    OpenDevice {
-        role: Role,
-        path: PathBuf,
-        #[source]
-        source: OpenError,
+    /// Opening, inspecting or formatting the pair failed or was refused.
+    #[error("{source}{}", hint_pair(.source))]
+    Pair {
+        #[from]
+        source: PairError,
     },
 
     /// Formatting the spare device failed or was refused.
@@ -77,10 +63,6 @@ pub enum CliError {
     #[error("{}: the main device is empty (0 bytes)", path.display())]
     EmptyMain { path: PathBuf },
 
-    /// The spare device is smaller than the two superblocks, so it cannot hold metadata.
-    #[error("{}: holds no remap metadata: it is {size} bytes, smaller than the two 4 KiB superblocks", path.display())]
-    TooSmallForMetadata { path: PathBuf, size: u64 },
-
     /// The spare device cannot hold the metadata and one spare block.
     #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (two superblocks, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
     SpareTooSmall {
@@ -90,45 +72,21 @@ pub enum CliError {
         journal_blocks: u32,
     },
 
-    /// The spare's metadata could not be read back into a table.
-    #[error("{}: cannot read the remap metadata: {source}", path.display())]
-    Inspect {
-        path: PathBuf,
-        #[source]
-        source: Box<MetaError>,
-    },
-
-    /// The spare device holds no remap metadata at all.
-    #[error("{}: holds no remap metadata (format it first with `remap create MAIN SPARE`)", path.display())]
-    NotFormatted { path: PathBuf },
-
-    /// The spare was formatted for another main device.
-    #[error("{}: {source} (spare device {})", main.display(), spare.display())]
-    WrongMain {
-        main: PathBuf,
-        spare: PathBuf,
-        #[source]
-        source: Box<MetaError>,
-    },
-
-    /// Opening the pair as a remapping device failed.
-    #[error("{}: cannot open the device pair: {source}", path.display())]
-    OpenPair {
-        path: PathBuf,
-        #[source]
-        source: Box<MetaError>,
-    },
-
     /// Moving one block failed or was refused.
-    #[error("{}: block {lba}: {}", path.display(), describe_block(.source, .lba))]
+    #[error("{source}{}", hint_block(.source))]
     Block {
-        path: PathBuf,
-        lba: u64,
-        #[source]
-        source: DeviceError,
+        #[from]
+        source: BlockError,
     },
 
-    /// Some blocks of a `map` or `unmap` failed; each was reported on its own line before.
+    /// A `map` or `unmap` run failed.
+    #[error("{source}{}", hint_transfer(.source))]
+    Transfer {
+        #[from]
+        source: TransferError,
+    },
+
+    /// Some blocks of a `map --control` failed; each was reported on its own line before.
     #[error("{}: {failed} of {requested} blocks failed; see the messages above", path.display())]
     BlocksFailed {
         path: PathBuf,
@@ -169,12 +127,11 @@ pub enum CliError {
         repairable: usize,
     },
 
-    /// The NBD server could not start or failed while serving.
-    #[error("{}: cannot serve: {source}", path.display())]
+    /// Serving could not start or failed while serving.
+    #[error("{source}{}", hint_serve(.source))]
     Serve {
-        path: PathBuf,
-        #[source]
-        source: remap_nbd::ServerError,
+        #[from]
+        source: ServeError,
     },
 
     /// The `serve --demo` files could not be created.
@@ -193,15 +150,18 @@ pub enum CliError {
     },
 
     /// Talking to a running server over its control socket failed, or it refused.
-    #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    #[error("{source}{}", hint_control(.source))]
+    Control {
+        #[from]
+        source: ControlError,
+    },
 
     /// A scrub stopped on an error other than an unreadable block.
     #[error("{}: {source}", path.display())]
     Scrub {
         path: PathBuf,
         #[source]
-        source: crate::scrub::ScrubError,
+        source: ScrubError,
     },
 
     /// A scrub found unreadable blocks (now pending); each was reported before.
@@ -212,33 +172,13 @@ pub enum CliError {
     #[error("interrupted: {what}")]
     Interrupted { what: String },
 
-    /// Saving settings (thresholds, read retries) failed.
-    #[error("{}: cannot save the settings: {source}", path.display())]
-    Settings {
-        path: PathBuf,
-        #[source]
-        source: DeviceError,
-    },
+    /// Saving settings (thresholds, read retries) failed or they were refused.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 
     /// SMART data could not be read or understood.
     #[error(transparent)]
-    Smart(#[from] crate::smart::SmartError),
-
-    /// The metrics endpoint could not listen.
-    #[error("{addr}: cannot serve metrics: {source}")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-
-    /// A helper thread of the server could not be started.
-    #[error("cannot start the {what} thread: {source}")]
-    Thread {
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    Smart(#[from] SmartError),
 
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
@@ -249,10 +189,22 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The exit status for this error: 2 for usage errors, 1 for everything else.
+    /// The exit status for this error: 2 for usage errors, 130 for an interruption, 1 for
+    /// everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage { .. } | CliError::BlockOutOfRange { .. } => EXIT_USAGE,
+            CliError::Usage { .. }
+            | CliError::BlockOutOfRange(_)
+            | CliError::Pair {
+                source: PairError::SameDevice { .. },
+            }
+            | CliError::Serve {
+                source:
+                    ServeError::FaultOutOfRange(_)
+                    | ServeError::TooManyFaultBlocks { .. }
+                    | ServeError::Pair(PairError::SameDevice { .. }),
+            } => EXIT_USAGE,
+            CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             _ => EXIT_FAILED,
         }
@@ -271,58 +223,46 @@ impl From<io::Error> for CliError {
     }
 }
 
-/// The cause of an open failure without the path, which the message already starts with.
-fn describe_open(e: &OpenError) -> String {
+/// The line printed for one block that failed while the others went on.
+pub fn block_line(e: &BlockError) -> String {
+    format!("{e}{}", hint_block(e))
+}
+
+/// What the command line adds to a pair error.
+fn hint_pair(e: &PairError) -> &'static str {
     match e {
-        OpenError::Open { source, .. } => source.to_string(),
-        OpenError::InUse { holder, .. } => match holder {
-            Some(pid) => format!("in use by pid {pid}"),
-            None => "in use by another process".to_string(),
-        },
-        OpenError::NotADevice { .. } => "neither a regular file nor a block device".to_string(),
-        OpenError::Size { source, .. } => format!("cannot determine its size: {source}"),
-        other => other.to_string(),
+        PairError::NotFormatted { .. } => " (format it first with `remap create MAIN SPARE`)",
+        _ => "",
     }
 }
 
-/// The cause of a block operation failure, in the command line's terms, without the
-/// `block N:` prefix the engine's messages carry (the message already starts with it).
-fn describe_block(e: &DeviceError, lba: &u64) -> String {
+/// What the command line adds to a block error: the option that moves an unreadable block.
+fn hint_block(e: &BlockError) -> &'static str {
+    match e.source {
+        DeviceError::Unreadable { .. } => " (pass --zero-unreadable to move it with zeroes)",
+        _ => "",
+    }
+}
+
+fn hint_transfer(e: &TransferError) -> &'static str {
     match e {
-        DeviceError::Unreadable { reason, .. } => format!(
-            "cannot be read on the main device, so it was not moved \
-             (pass --zero-unreadable to move it with zeroes in place of its data): {reason}"
-        ),
-        DeviceError::MainStillFailing { reason, .. } => {
-            format!("the main device still fails there, so the block stays on its spare: {reason}")
-        }
-        DeviceError::NotRemapped { .. } => "is not remapped".to_string(),
-        DeviceError::AlreadyRemapped { spare, .. } => {
-            format!("is already remapped to spare block {spare}")
-        }
-        DeviceError::SpareExhausted { pool, .. } => {
-            format!("the spare pool is exhausted (all {pool} spare blocks are used or retired)")
-        }
-        DeviceError::SpareReadFailed { spare, source, .. } => format!(
-            "spare block {spare} failed a read and was retired; the block is now pending: {source}"
-        ),
-        DeviceError::SpareWritesFailed { attempts, .. } => {
-            format!("no spare block accepted the data after {attempts} attempts")
-        }
-        other => {
-            let text = other.to_string();
-            // Engine messages about a block start with "block N: " or "block N is ...";
-            // ours already says "block N: ".
-            let colon = format!("block {lba}: ");
-            let space = format!("block {lba} ");
-            if let Some(rest) = text.strip_prefix(&colon) {
-                rest.to_string()
-            } else if let Some(rest) = text.strip_prefix(&space) {
-                rest.to_string()
-            } else {
-                text
-            }
-        }
+        TransferError::Stopped(b) => hint_block(b),
+        TransferError::BlocksFailed { .. } => "; see the messages above",
+        _ => "",
+    }
+}
+
+fn hint_serve(e: &ServeError) -> &'static str {
+    match e {
+        ServeError::Pair(p) => hint_pair(p),
+        _ => "",
+    }
+}
+
+fn hint_control(e: &ControlError) -> &'static str {
+    match e {
+        ControlError::Connect { .. } => " (is `remap serve --control PATH` running?)",
+        _ => "",
     }
 }
 
@@ -332,25 +272,25 @@ mod tests {
 
     #[test]
     fn usage_errors_exit_2_and_others_exit_1() {
-        let e = CliError::BlockOutOfRange {
+        let e = CliError::from(OutOfRange {
             path: "/dev/sdb".into(),
             lba: 10,
             blocks: 10,
             block_size: 4096,
-        };
+        });
         assert_eq!(e.exit_code(), EXIT_USAGE);
         assert_eq!(
             e.to_string(),
             "/dev/sdb: block 10 is beyond the end of the device (10 blocks of 4096 bytes, numbered 0 to 9)"
         );
-        let e = CliError::Block {
+        let e = CliError::from(BlockError {
             path: "/dev/sdb".into(),
             lba: 1234,
             source: DeviceError::MainStillFailing {
                 lba: 1234,
                 reason: "write failed".into(),
             },
-        };
+        });
         assert_eq!(e.exit_code(), EXIT_FAILED);
         let text = e.to_string();
         assert!(text.starts_with("/dev/sdb: block 1234: the main device still fails there"));
@@ -358,29 +298,18 @@ mod tests {
     }
 
     #[test]
-    fn in_use_names_the_pid_once() {
-        let e = CliError::OpenDevice {
-            role: Role::Spare,
-            path: "/tmp/spare".into(),
-            source: OpenError::InUse {
-                path: "/tmp/spare".into(),
-                holder: Some(42),
-            },
-        };
-        assert_eq!(
-            e.to_string(),
-            "/tmp/spare: cannot open the spare device: in use by pid 42"
-        );
-    }
-
-    #[test]
-    fn engine_block_prefix_is_not_repeated() {
-        let e = CliError::Block {
+    fn the_command_line_names_the_option_that_moves_an_unreadable_block() {
+        let e = CliError::from(BlockError {
             path: "/m".into(),
             lba: 7,
-            source: DeviceError::Pending { lba: 7 },
-        };
+            source: DeviceError::Unreadable {
+                lba: 7,
+                reason: "read failed".into(),
+            },
+        });
         let text = e.to_string();
+        assert!(text.contains("--zero-unreadable"), "{text}");
         assert_eq!(text.matches("block 7").count(), 1, "{text}");
+        assert!(!text.contains('\n'));
     }
 }

@@ -1,32 +1,18 @@
 //! The `remap` command line: format a spare device for a failing main device, show what has
 //! moved and how healthy the disk is, move blocks by hand, and verify or repair the metadata.
 //!
-//! The binary (`src/main.rs`) only calls [`main`]. Everything else is a library so that the
-//! block operations can be tested against simulated faulty devices (`remap-core`'s
-//! `testing` feature), which real files cannot imitate.
+//! The binary (`src/main.rs`) only calls [`main`]. What the commands do lives in
+//! `remap-service` (opening the pair, moving blocks, scrub, health, SMART, settings, the
+//! control socket, metrics, serving); this crate parses arguments, calls the service,
+//! prints, and maps errors to exit codes:
 //!
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
-//! - [`devices`]: how every subcommand opens and locks the pair;
-//! - [`blocks`]: block list syntax;
-//! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
-//! - [`health`] and [`smart`]: the health report, its projection, and SMART data;
-//! - [`live`], [`control`] and [`metrics`]: the operator side of `remap serve` (live
-//!   state, the control socket, the Prometheus endpoint);
 //! - [`error`]: the error type and its exit codes;
-//! - [`units`]: sizes and times for the human-readable output.
+//! - [`units`]: sizes for the human-readable output.
 #![forbid(unsafe_code)]
 
-pub mod blocks;
 pub mod cmd;
-pub mod control;
-pub mod devices;
 pub mod error;
-pub mod health;
-pub mod live;
-pub mod metrics;
-pub mod scrub;
-pub mod smart;
-pub mod throttle;
 pub mod units;
 
 use std::io::{IsTerminal, Write};

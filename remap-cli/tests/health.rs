@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use common::*;
 use serde_json::Value;
 
+/// The smartctl fixtures live with the SMART code, in `remap-service`.
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/smart")
+        .join("../remap-service/tests/fixtures/smart")
         .join(name)
 }
 

@@ -1,23 +1,14 @@
-//! Scrub: finds exactly the blocks that fail, marks them pending durably, never changes user
-//! data, resumes after an interruption without rereading what it finished, and stays under
-//! its rate limit (measured).
-//!
-//! Faults come from `remap-core`'s `FaultyBackend` wrapped around the real main file, under
-//! the scrub loop the binary runs ([`remap_cli::scrub::run`]); the rest runs the `remap`
-//! binary on files and interrupts it with SIGINT, as a user would with Ctrl-C.
+//! `remap scrub` through the binary: interrupted with SIGINT, as a user would with Ctrl-C, it
+//! saves its cursor and the next run continues under the rate limit (measured); a range
+//! scrub is a one-off. The scrub loop itself is tested in-process in
+//! `remap-service/tests/scrub.rs`.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use remap_cli::devices::{Access, Pair};
-use remap_cli::scrub::{self, ScrubPlan, ScrubState, ScrubStatus};
-use remap_core::FileBackend;
-use remap_core::testing::FaultyBackend;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -65,141 +56,6 @@ fn pair(size: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// `(block, state)` of every table entry, from `remap dump --json` in a fresh process.
-fn dumped(main: &Path, spare: &Path) -> Vec<(u64, String)> {
-    let v = json(&remap(&["dump", "--json", s(main), s(spare)]));
-    v["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| {
-            (
-                e["block"].as_u64().expect("block"),
-                e["state"].as_str().expect("state").to_string(),
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn scrub_finds_exactly_the_failing_blocks_marks_them_pending_and_changes_no_data() {
-    let (_dir, main, spare) = pair(8 << 20);
-    let failing = [3u64, 100, 101, 1500, 2047];
-    let before = sha256(&main);
-
-    let pair = Pair::open(&main, &spare, Access::ReadWrite, Access::ReadWrite).expect("open");
-    let opened = pair
-        .into_device_over(|m: FileBackend| {
-            let f = FaultyBackend::new(m, BS);
-            f.fail_reads(failing);
-            f
-        })
-        .expect("device");
-    let device = opened.device;
-    // Block 7 lives on the spare: the scrub reads it there, and it is not a finding.
-    device.map_block(7, false).expect("map block 7");
-    // Block 100 is already pending when the scrub starts: found, but not new.
-    let mut buf = vec![0u8; BS as usize];
-    assert!(device.read(100 * BS, &mut buf).is_err());
-
-    let plan = ScrubPlan {
-        first: 0,
-        end: device.blocks(),
-        resumable: true,
-        rate_bytes_per_s: None,
-        chunk_blocks: 64,
-        save_interval: scrub::SAVE_INTERVAL,
-    };
-    let status = Mutex::new(ScrubStatus::default());
-    let stop = AtomicBool::new(false);
-    let scrubbed_before = device.stats().scrubbed_bytes;
-    let result =
-        scrub::run(&device, &plan, &stop, &status, &mut |_| {}).expect("the scrub runs to the end");
-    assert_eq!(result.state, ScrubState::Finished);
-    assert_eq!(
-        result.unreadable,
-        failing.to_vec(),
-        "exactly the failing blocks"
-    );
-    assert_eq!(result.unreadable_count, failing.len() as u64);
-    assert_eq!(
-        result.newly_pending,
-        failing.len() as u64 - 1,
-        "100 was pending already"
-    );
-    assert_eq!(result.bytes_read, 8 << 20);
-    assert!(result.pass_completed);
-    assert_eq!((result.saved_cursor, result.passes), (0, 1));
-    // The engine counts the chunks it read whole; the five with a bad block it did not.
-    let scrubbed = device.stats().scrubbed_bytes - scrubbed_before;
-    assert_eq!(
-        scrubbed,
-        (8 << 20) - 4 * 64 * BS,
-        "scrubbed_bytes: {scrubbed}"
-    );
-    device.shutdown().expect("shutdown");
-    drop(device);
-
-    // Persisted: a fresh process sees the pending blocks and the pass.
-    let mut want: Vec<(u64, String)> = failing.iter().map(|&b| (b, "pending".into())).collect();
-    want.push((7, "remapped".into()));
-    want.sort();
-    assert_eq!(dumped(&main, &spare), want);
-    let st = json(&remap(&["status", "--json", s(&main), s(&spare)]));
-    assert_eq!(st["scrub_passes"], 1);
-    assert_eq!(st["scrub_cursor"], 0);
-    // No user data changed: main is byte for byte what it was (block 7 was copied to the
-    // spare, never written on main).
-    assert_eq!(sha256(&main), before, "the scrub changed the main device");
-}
-
-#[test]
-fn a_stopped_scrub_resumes_at_its_cursor_without_rereading() {
-    let (_dir, main, spare) = pair(4 << 20);
-    let blocks = (4u64 << 20) / BS;
-    let run = |stop_after_chunks: Option<u64>| -> ScrubStatus {
-        let pair = Pair::open(&main, &spare, Access::ReadWrite, Access::ReadWrite).expect("open");
-        let device = pair.into_device().expect("device").device;
-        let settings = device.settings();
-        let plan = ScrubPlan {
-            first: settings.scrub_cursor,
-            end: device.blocks(),
-            resumable: true,
-            rate_bytes_per_s: None,
-            chunk_blocks: 16,
-            save_interval: Duration::from_secs(3600),
-        };
-        let status = Mutex::new(ScrubStatus::default());
-        let stop = AtomicBool::new(false);
-        let mut chunks = 0;
-        let s = scrub::run(&device, &plan, &stop, &status, &mut |_| {
-            chunks += 1;
-            if Some(chunks) == stop_after_chunks {
-                stop.store(true, Ordering::Relaxed);
-            }
-        })
-        .expect("scrub");
-        assert_eq!(
-            device.stats().scrubbed_bytes,
-            s.bytes_read,
-            "the engine read exactly what the scrub reports"
-        );
-        s
-    };
-    let first = run(Some(10));
-    assert_eq!(first.state, ScrubState::Stopped);
-    assert_eq!((first.cursor, first.saved_cursor), (160, 160));
-    assert_eq!(first.bytes_read, 160 * BS);
-    let second = run(None);
-    assert_eq!(second.first_block, 160, "resumes at the saved cursor");
-    assert_eq!(second.bytes_read, (blocks - 160) * BS, "nothing reread");
-    assert!(second.pass_completed);
-    assert_eq!(first.bytes_read + second.bytes_read, 4 << 20);
-    let third = run(Some(1));
-    assert_eq!(third.first_block, 0, "a new pass starts at block 0");
-    assert_eq!(third.passes, 1);
 }
 
 /// Start `remap scrub ARGS --json` in the background.

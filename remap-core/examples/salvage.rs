@@ -1,7 +1,7 @@
 //! Salvage a failing disk, in memory: a 64 MiB main device with bad blocks behind a
 //! `RemapDevice`, written and read end to end, and a plain account of what the engine did.
 //!
-//!     cargo run --release -p remap-core --features testing --example salvage
+//!     cargo run --release -p remap-core --features test-support --example salvage
 //!
 //! The main device is simulated (`FaultyBackend` over memory): a run of blocks that refuse
 //! writes, a block that refuses reads, and a single bad sector inside another block. The

@@ -10,7 +10,9 @@
 //! - [`record`]: the vocabulary of persistent changes the engine asks a store to make durable;
 //! - with `std`: [`backend`] (the [`BlockBackend`] seam and file/memory backends),
 //!   [`store`] (the persistence trait) and [`device`] (the remapping device);
-//! - with `testing`: faulty and crashing backends, an in-memory store and a reference model.
+//! - with `fault-injection` (a product feature): faulty and crashing backends in [`backend`];
+//! - with `test-support` (for tests only): [`testing`], an in-memory store, event logs and a
+//!   reference model.
 //!
 //! Without the default `std` feature the crate is `no_std` + `alloc` and uses no floating
 //! point and no 128-bit division, so the kernel target can link the table, allocator,
@@ -27,7 +29,6 @@ pub mod record;
 pub mod spare;
 pub mod stats;
 pub mod table;
-pub mod window;
 
 #[cfg(feature = "std")]
 pub mod backend;
@@ -36,13 +37,11 @@ pub mod device;
 #[cfg(feature = "std")]
 pub mod hot;
 #[cfg(feature = "std")]
-pub mod predict;
-#[cfg(feature = "std")]
 pub mod regions;
 #[cfg(feature = "std")]
 pub mod store;
 
-#[cfg(feature = "testing")]
+#[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use clock::Clock;

@@ -9,8 +9,8 @@ use remap_meta::{Region, Superblock};
 use serde::Serialize;
 
 use crate::cmd::PairArgs;
-use crate::devices::{Access, Pair};
 use crate::error::CliError;
+use remap_service::devices::{Access, Pair};
 
 const AFTER_HELP: &str = "\
 Exit status: 0 if everything is valid (or --repair made it so), 1 if problems remain.

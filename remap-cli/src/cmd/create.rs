@@ -9,9 +9,11 @@ use remap_meta::{CreateOptions, Geometry, Superblock};
 use serde::Serialize;
 
 use crate::cmd::PairArgs;
-use crate::devices::{Access, Pair};
 use crate::error::CliError;
 use crate::units;
+use remap_service::devices::{Access, Pair};
+use remap_service::status::{identity_text, uuid_text};
+use remap_service::time::utc;
 
 const AFTER_HELP: &str = "\
 Health thresholds (see `remap set --help`) take their defaults unless given here: error rate
@@ -61,7 +63,7 @@ pub struct Args {
 
     /// Health thresholds and read retries to start with.
     #[command(flatten)]
-    pub settings: crate::cmd::set::SettingChanges,
+    pub settings: crate::cmd::SettingArgs,
 
     /// Print the result as JSON.
     #[arg(long)]
@@ -112,19 +114,6 @@ struct CreateReport<'a> {
     spare_capacity: Capacity,
 }
 
-/// A uuid in its usual hyphenated form.
-pub fn uuid_text(uuid: &[u8; 16]) -> String {
-    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// How much data the pool can take.
 fn capacity(g: &Geometry) -> Capacity {
     Capacity {
@@ -134,15 +123,16 @@ fn capacity(g: &Geometry) -> Capacity {
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let settings = args.settings.changes();
     let mut thresholds = remap_core::HealthThresholds::default();
-    args.settings.apply_thresholds(&mut thresholds);
+    settings.apply_thresholds(&mut thresholds);
     if let Err(e) = thresholds.validate() {
         return Err(CliError::Usage {
             message: format!("bad thresholds: {e}"),
         });
     }
     let defaults = CreateOptions::default();
-    let read_retries = args.settings.read_retries.unwrap_or(defaults.read_retries);
+    let read_retries = settings.read_retries.unwrap_or(defaults.read_retries);
     let pair = Pair::open(
         &args.pair.main,
         &args.pair.spare,
@@ -231,7 +221,7 @@ fn report(pair: &Pair, sb: &Superblock, json: bool, out: &mut dyn Write) -> Resu
                 size_bytes: g.spare_size,
             },
             uuid: uuid_text(&sb.uuid),
-            created: units::utc(sb.created_ns / 1_000_000_000),
+            created: utc(sb.created_ns / 1_000_000_000),
             identity: sb.identity,
             main_blocks: g.main_blocks(),
             geometry: *g,
@@ -281,16 +271,6 @@ fn report(pair: &Pair, sb: &Superblock, json: bool, out: &mut dyn Write) -> Resu
     Ok(())
 }
 
-/// `wwid "naa.5000..."`, or a note that only the size is checked.
-pub fn identity_text(id: &remap_meta::DeviceIdentity) -> String {
-    match id.kind {
-        remap_meta::IdentityKind::None => {
-            "none (a file or a device without one: only the size is checked)".to_string()
-        }
-        kind => format!("{} {:?}", kind.as_str(), id.value_lossy()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,14 +292,5 @@ mod tests {
         ] {
             assert!(parse_block_size(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn uuid_is_hyphenated() {
-        let u = [
-            0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
-            0xcd, 0xef,
-        ];
-        assert_eq!(uuid_text(&u), "12345678-9abc-def0-0123-456789abcdef");
     }
 }

@@ -6,9 +6,9 @@ use remap_core::{Entry, EntryFlags};
 use serde::Serialize;
 
 use crate::cmd::PairArgs;
-use crate::devices::{Access, Pair};
 use crate::error::CliError;
-use crate::units;
+use remap_service::devices::{Access, Pair};
+use remap_service::time::utc;
 
 const AFTER_HELP: &str = "\
 States:
@@ -86,7 +86,7 @@ impl EntryRow {
             spare_block: e.spare,
             error_count: e.error_count,
             time_s: e.time_s,
-            time: units::utc(u64::from(e.time_s)),
+            time: utc(u64::from(e.time_s)),
             flags: flag_names(e.flags),
         }
     }

@@ -1,20 +1,18 @@
 //! `remap health MAIN SPARE` / `remap health --control PATH`: the health verdict and its
 //! reasons, rates, and the spare exhaustion projection, optionally with SMART data folded
-//! in. The report itself is [`crate::health`].
+//! in. The report itself is `remap_service::health`; this module asks for it and prints it.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use remap_core::clock::{Clock, SystemClock};
-use remap_core::health::{HealthInputs, evaluate};
+use remap_service::control::{self, Request};
+use remap_service::devices::{Access, Pair};
+use remap_service::health::{self, HealthView, Source};
+use remap_service::smart::SmartReading;
 
-use crate::cmd::status::snapshot;
 use crate::cmd::{Target, TargetArgs};
-use crate::control::{self, Request};
-use crate::devices::{Access, Pair};
 use crate::error::CliError;
-use crate::health::{self, HealthView, Inputs, Mark};
-use crate::smart::SmartReading;
 
 const AFTER_HELP: &str = "\
 The state is healthy, degraded or critical: remap's own verdict from the error rate, the
@@ -86,26 +84,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         Target::Pair(p) => {
             let pair = Pair::open(&p.main, &p.spare, Access::ReadOnly, Access::ReadOnly)?;
             let rec = pair.inspect()?;
-            let stats = snapshot(&rec);
-            let thresholds = rec.superblock.thresholds;
-            let report = evaluate(&HealthInputs::from_snapshot(&stats), &thresholds);
-            let marks: Vec<Mark> = rec.table.iter().map(|(_, e)| Mark::from(&e)).collect();
-            let times: Vec<u64> = marks
-                .iter()
-                .filter(|m| m.remapped)
-                .map(|m| m.time_s)
-                .collect();
-            let now_s = SystemClock.now_s();
-            health::offline(
-                Inputs {
-                    stats: &stats,
-                    report: &report,
-                    thresholds: &thresholds,
-                    projection: health::projection(&times, &stats, now_s),
-                },
-                &marks,
-                now_s,
-            )
+            health::at_rest(&rec, SystemClock.now_s())
         }
     };
     health::fold_smart(&mut view, &readings);
@@ -114,5 +93,148 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         writeln!(out)?;
         return Ok(());
     }
-    health::print_human(&view, out)
+    print_human(&view, out)
+}
+
+/// A duration in the largest unit that keeps it readable.
+fn duration(seconds: f64) -> String {
+    if seconds >= 2.0 * 86_400.0 {
+        format!("{:.1} days", seconds / 86_400.0)
+    } else if seconds >= 2.0 * 3_600.0 {
+        format!("{:.1} hours", seconds / 3_600.0)
+    } else if seconds >= 120.0 {
+        format!("{:.1} minutes", seconds / 60.0)
+    } else {
+        format!("{seconds:.0} seconds")
+    }
+}
+
+/// Words of `text` in lines of at most `width` characters (longer words alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(l) if l.len() + 1 + word.len() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The human form.
+pub fn print_human(v: &HealthView, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(out, "health      {}", v.state)?;
+    if v.reasons.is_empty() {
+        writeln!(out, "  no reason for concern")?;
+    }
+    for r in &v.reasons {
+        let source = match (r.source, r.attribute) {
+            (Source::Remap, _) => "remap".to_string(),
+            (Source::Smart, Some(id)) => format!("smart {id}"),
+            (Source::Smart, None) => "smart".to_string(),
+        };
+        writeln!(out, "  {:<9} {:<8}  {}", source, r.state, r.message)?;
+    }
+    if let Some(s) = &v.smart {
+        let drive = match (&s.model, &s.serial) {
+            (Some(m), Some(n)) => format!("{m}, serial {n}"),
+            (Some(m), None) => m.clone(),
+            (None, Some(n)) => format!("serial {n}"),
+            (None, None) => "the drive".to_string(),
+        };
+        let driven = if s.driving_attributes.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = s.driving_attributes.iter().map(u32::to_string).collect();
+            format!(", driven by attribute(s) {}", ids.join(", "))
+        };
+        writeln!(
+            out,
+            "smart       {}: {}{} ({} reading(s))",
+            drive, s.state, driven, s.readings
+        )?;
+    }
+    writeln!(
+        out,
+        "spares      {} total, {} used, {} retired, {} free ({} % consumed)",
+        v.spares.total, v.spares.used, v.spares.retired, v.spares.free, v.spares.used_pct
+    )?;
+    match (&v.projection, &v.no_projection) {
+        (Some(p), _) => {
+            let high = p
+                .seconds_left_high
+                .map_or_else(|| "no upper bound".to_string(), duration);
+            writeln!(
+                out,
+                "projection  spare pool exhausted in about {} (between {} and {}, ±2σ){}",
+                duration(p.seconds_left),
+                duration(p.seconds_left_low),
+                high,
+                p.exhausted_at
+                    .as_ref()
+                    .map_or_else(String::new, |at| format!(", around {at}"))
+            )?;
+            writeln!(
+                out,
+                "            at {:.2} spare blocks a day, fitted over {} remaps",
+                p.blocks_per_day, p.samples
+            )?;
+        }
+        (None, Some(why)) => writeln!(out, "projection  none: {why}")?,
+        (None, None) => writeln!(out, "projection  none")?,
+    }
+    for (i, line) in wrap(&v.rates.basis, 76).iter().enumerate() {
+        writeln!(
+            out,
+            "{}{line}",
+            if i == 0 {
+                "rates       "
+            } else {
+                "            "
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
+        "", "I/Os", "errors", "ppm", "remaps", "pending"
+    )?;
+    for w in &v.rates.windows {
+        writeln!(
+            out,
+            "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
+            format!("last {}", w.name),
+            opt(w.ios),
+            opt(w.errors),
+            opt(w.error_rate_ppm),
+            w.remaps,
+            w.pending_marked
+        )?;
+    }
+    let l = &v.rates.lifetime;
+    writeln!(
+        out,
+        "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
+        "lifetime", l.ios, l.errors, l.error_rate_ppm, l.remaps, l.pending_marked
+    )?;
+    let t = &v.thresholds;
+    writeln!(
+        out,
+        "thresholds  error rate {}/{} ppm (after {} I/Os), spare use {}/{} %, pending {}/{} (degraded/critical)",
+        t.error_rate_degraded_ppm,
+        t.error_rate_critical_ppm,
+        t.min_ios_for_rate,
+        t.spare_used_degraded_pct,
+        t.spare_used_critical_pct,
+        t.pending_degraded,
+        t.pending_critical
+    )?;
+    Ok(())
 }

@@ -4,12 +4,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::blocks::{BlockList, BlockRange};
-use crate::cmd::transfer::{self, Outcome, Paths};
-use crate::control::{self, Request};
-use crate::devices::{Access, Pair};
+use remap_service::blocks::{BlockList, BlockRange};
+use remap_service::control::{self, Request};
+use remap_service::devices::{Access, Pair};
+use remap_service::live::MapReply;
+use remap_service::transfer::{self, Outcome, Paths, Summary};
+
 use crate::error::CliError;
-use crate::live::MapReply;
 
 const AFTER_HELP: &str = "\
 BLOCK is a block number (in the block size chosen at `remap create`) or an inclusive range
@@ -157,8 +158,16 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let summary = transfer::map_blocks(device, &blocks, args.zero_unreadable, paths, &mut |o| {
         report(o, out)
     })?;
-    writeln!(out, "map: {}", transfer::totals(&summary))?;
-    transfer::finish(device, summary, paths)
+    writeln!(out, "map: {}", totals(&summary))?;
+    Ok(transfer::finish(device, summary, paths)?)
+}
+
+/// One line of totals for the end of a `map` or `unmap` report.
+pub fn totals(summary: &Summary) -> String {
+    format!(
+        "{} moved, {} already in place, {} failed, of {} requested",
+        summary.changed, summary.unchanged, summary.failed, summary.requested
+    )
 }
 
 /// One line per block: moves on stdout, refusals on stderr as `remap: ...` lines.
@@ -187,7 +196,7 @@ fn report(outcome: &Outcome, out: &mut dyn Write) -> Result<(), CliError> {
             writeln!(out, "block {lba} <- spare block {spare}")?;
         }
         Outcome::AlreadyOnMain { lba } => writeln!(out, "block {lba} is on main: unchanged")?,
-        Outcome::Failed(e) => eprintln!("remap: {e}"),
+        Outcome::Failed(e) => eprintln!("remap: {}", crate::error::block_line(e)),
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use remap_service::settings::SettingChanges;
+
 pub mod check;
 pub mod create;
 pub mod dump;
@@ -15,7 +17,6 @@ pub mod scrub;
 pub mod serve;
 pub mod set;
 pub mod status;
-pub mod transfer;
 pub mod unmap;
 
 /// The device pair, positional, main first.
@@ -65,6 +66,52 @@ impl TargetArgs {
                 main: self.main.clone().unwrap_or_default(),
                 spare: self.spare.clone().unwrap_or_default(),
             }),
+        }
+    }
+}
+
+/// Changes to the persisted settings; each is optional. The same options serve
+/// `remap create` (first values) and `remap set` (on a pair, or through the control socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct SettingArgs {
+    /// Error rate (device errors per million data I/Os) at which health is degraded.
+    #[arg(long, value_name = "PPM", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub error_rate_degraded: Option<u32>,
+    /// Error rate at which health is critical.
+    #[arg(long, value_name = "PPM", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub error_rate_critical: Option<u32>,
+    /// Data I/Os before the error rate is judged (one early error is not a 100 % rate).
+    #[arg(long, value_name = "N")]
+    pub min_ios_for_rate: Option<u64>,
+    /// Percent of the spare pool used or retired at which health is degraded.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub spare_used_degraded: Option<u8>,
+    /// Percent of the spare pool used or retired at which health is critical.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub spare_used_critical: Option<u8>,
+    /// Pending (unreadable) blocks at which health is degraded.
+    #[arg(long, value_name = "N")]
+    pub pending_degraded: Option<u64>,
+    /// Pending blocks at which health is critical.
+    #[arg(long, value_name = "N")]
+    pub pending_critical: Option<u64>,
+    /// Extra attempts for a failing read before its block is declared pending (0 to 16).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub read_retries: Option<u32>,
+}
+
+impl SettingArgs {
+    /// The changes as the service takes them.
+    pub fn changes(&self) -> SettingChanges {
+        SettingChanges {
+            error_rate_degraded: self.error_rate_degraded,
+            error_rate_critical: self.error_rate_critical,
+            min_ios_for_rate: self.min_ios_for_rate,
+            spare_used_degraded: self.spare_used_degraded,
+            spare_used_critical: self.spare_used_critical,
+            pending_degraded: self.pending_degraded,
+            pending_critical: self.pending_critical,
+            read_retries: self.read_retries,
         }
     }
 }

@@ -1,20 +1,20 @@
 //! `remap scrub MAIN SPARE`: read every block, so bad blocks are found (and marked pending)
 //! before their data is needed; `remap scrub --control PATH`: the same in the background of
-//! a running `remap serve`. The scrub itself is [`crate::scrub`].
+//! a running `remap serve`. The scrub itself is `remap_service::scrub`; this module asks for
+//! it, shows its progress and prints the result.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use parking_lot::Mutex;
 use remap_core::BlockBackend;
+use remap_service::control::{self, Request};
+use remap_service::devices::{Access, Pair};
+use remap_service::scrub::{self, RangeError, ScrubPlan, ScrubState, ScrubStatus};
 
 use crate::cmd::{Target, TargetArgs};
-use crate::control::{self, Request};
-use crate::devices::{Access, Pair};
 use crate::error::CliError;
-use crate::scrub::{self, ScrubPlan, ScrubState, ScrubStatus};
 use crate::units;
 
 const MIB: f64 = 1_048_576.0;
@@ -139,50 +139,30 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     let opened = pair.into_device()?;
     let device = &opened.device;
-    let blocks = device.blocks();
-    let block_size = device.block_size();
-    for lba in [args.from, args.to].into_iter().flatten() {
-        if lba >= blocks {
-            return Err(CliError::BlockOutOfRange {
-                path: main_path,
-                lba,
-                blocks,
-                block_size: block_size.bytes(),
-            });
-        }
-    }
-    if let (Some(from), Some(to)) = (args.from, args.to)
-        && from > to
-    {
-        return Err(CliError::Usage {
-            message: format!("--from {from} is after --to {to}"),
-        });
-    }
-    let settings = device.settings();
-    if let Some(to) = args.to
-        && args.from.is_none()
-        && settings.scrub_cursor > to
-    {
-        return Err(CliError::Usage {
-            message: format!(
-                "the saved scrub cursor (block {}) is already past --to {to}; give --from to check an earlier range",
-                settings.scrub_cursor
-            ),
-        });
-    }
     let rate = bytes_per_s(args.rate);
-    let plan = ScrubPlan {
-        first: args.from.unwrap_or(settings.scrub_cursor.min(blocks)),
-        end: args.to.map_or(blocks, |t| t + 1),
-        resumable: args.from.is_none(),
-        rate_bytes_per_s: rate,
-        chunk_blocks: ScrubPlan::chunk_blocks_for(
-            block_size.bytes_u64(),
-            rate,
-            scrub::MAX_CHUNK_BYTES,
-        ),
-        save_interval: scrub::SAVE_INTERVAL,
-    };
+    let plan = ScrubPlan::for_range(
+        device,
+        &main_path,
+        args.from,
+        args.to,
+        rate,
+        scrub::MAX_CHUNK_BYTES,
+    )
+    .map_err(|e| match e {
+        RangeError::OutOfRange(e) => CliError::from(e),
+        RangeError::Reversed { first, last, .. } => CliError::Usage {
+            message: format!("--from {first} is after --to {last}"),
+        },
+        RangeError::CursorPast { cursor, last, .. } => CliError::Usage {
+            message: format!(
+                "the saved scrub cursor (block {cursor}) is already past --to {last}; give --from to check an earlier range"
+            ),
+        },
+        other => CliError::Usage {
+            message: other.to_string(),
+        },
+    })?;
+    let block_size = device.block_size();
 
     // First SIGINT/SIGTERM: stop after the current chunk, save the cursor. Second: exit at
     // once (the cursor saved last, at most a few seconds old, still holds).
@@ -224,10 +204,9 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
     }
     // After the header, so the bar draws below it.
     let bar = progress_bar(total_bytes, args.json);
-    let status = Mutex::new(ScrubStatus::default());
     let mut listed = 0usize;
     let mut report_error: Option<CliError> = None;
-    let result = scrub::run(device, &plan, &stop, &status, &mut |s| {
+    let result = scrub::run_at_rest(device, &plan, &stop, &mut |s| {
         bar.set_position(s.bytes_read);
         bar.set_message(format!("{} unreadable", s.unreadable_count));
         if !args.json {
@@ -255,13 +234,6 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
             });
         }
     };
-    if s.newly_pending > 0 {
-        // The pending marks are durable already; a checkpoint shortens the next replay.
-        device.shutdown().map_err(|source| CliError::Shutdown {
-            path: spare_path.clone(),
-            source,
-        })?;
-    }
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &s).map_err(std::io::Error::from)?;
         writeln!(out)?;

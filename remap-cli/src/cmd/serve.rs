@@ -17,25 +17,18 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use remap_core::testing::FaultyBackend;
-use remap_core::{BlockBackend, FileBackend};
-use remap_nbd::{BlockStateSource, ListenAddr, Server, ServerConfig};
+use remap_nbd::ListenAddr;
+use remap_service::blocks::{BlockList, BlockRange};
+use remap_service::devices::{Access, Pair};
+use remap_service::serve::MAX_FAULT_BLOCKS;
+use remap_service::{FaultPlan, ServeConfig, ServeSummary, Serving};
 
-use crate::blocks::{BlockList, BlockRange};
-use crate::control::ControlServer;
-use crate::devices::{Access, Pair};
 use crate::error::CliError;
-use crate::live::{Live, ServedDevice};
-use crate::metrics::MetricsServer;
 
 /// Blocks listed by number in the exit summary's `remapped:` and `pending:` lines; beyond
 /// this only the count is printed (`remap dump` lists them all).
 pub const MAX_LISTED_BLOCKS: usize = 1000;
-
-/// The most blocks the fault lists may name together: each is kept in memory.
-pub const MAX_FAULT_BLOCKS: u64 = 1 << 20;
 
 const AFTER_HELP: &str = "\
 Connect with any NBD client, for example:
@@ -199,25 +192,14 @@ fn prepare_demo(out: &mut dyn Write) -> Result<(PathBuf, PathBuf), CliError> {
 
 /// Format the pair's spare with the defaults unless it already holds remap metadata.
 fn format_if_blank(pair: &Pair, out: &mut dyn Write) -> Result<(), CliError> {
-    if pair.superblock()?.is_some() {
-        return Ok(());
+    if pair.format_if_blank()? {
+        writeln!(
+            out,
+            "formatted {} as the spare for {}",
+            pair.spare_path.display(),
+            pair.main_path.display()
+        )?;
     }
-    remap_meta::create(
-        &pair.spare,
-        pair.main.size_bytes(),
-        pair.identity,
-        &remap_meta::CreateOptions::default(),
-    )
-    .map_err(|source| CliError::Create {
-        path: pair.spare_path.clone(),
-        source: Box::new(source),
-    })?;
-    writeln!(
-        out,
-        "formatted {} as the spare for {}",
-        pair.spare_path.display(),
-        pair.main_path.display()
-    )?;
     Ok(())
 }
 
@@ -306,70 +288,42 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             }
         }
     };
-    let injects_faults = !fail_read.is_empty() || !fail_write.is_empty() || args.flaky > 0.0;
     let pair = Pair::open(&main, &spare, Access::ReadWrite, Access::ReadWrite)?;
-    if args.create {
-        format_if_blank(&pair, out)?;
-    }
-    let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
-    let spare_size = pair.spare.size_bytes();
-    // Fault lists are checked against the device before anything starts. Without a valid
-    // superblock, opening the device below reports why.
-    let block_size = match pair.superblock()? {
-        Some(sb) => {
-            let g = sb.geometry;
-            fail_read.check_within(&main_path, g.main_blocks(), g.block_size.bytes())?;
-            fail_write.check_within(&main_path, g.main_blocks(), g.block_size.bytes())?;
-            g.block_size
-        }
-        None => remap_core::BlockSize::DEFAULT,
-    };
-
-    let mut faulty: Option<Arc<FaultyBackend<FileBackend>>> = None;
-    let opened = pair.into_device_over(|main| -> Arc<dyn BlockBackend> {
-        if !injects_faults {
-            return Arc::new(main);
-        }
-        let f = Arc::new(FaultyBackend::new(main, block_size.bytes_u64()));
-        f.fail_reads(fail_read.iter());
-        f.fail_writes(fail_write.iter());
-        f.set_transient((args.flaky * 1e6).round() as u32, args.seed);
-        faulty = Some(f.clone());
-        f
-    })?;
-    let superblock = opened.superblock;
-    let device: Arc<ServedDevice> = Arc::new(opened.device);
-    let before = device.stats();
-
     let mut listen: Vec<ListenAddr> = args.listen.iter().copied().map(ListenAddr::Tcp).collect();
     listen.extend(args.socket.iter().cloned().map(ListenAddr::Unix));
-    if listen.is_empty() {
-        listen = ServerConfig::default().listen;
-    }
-    let config = ServerConfig {
+    // The demo always has a control socket, so its printed commands can use it.
+    let control = args.control.clone().or_else(|| {
+        args.demo
+            .then(|| PathBuf::from(DEMO_DIR).join("control.sock"))
+    });
+    let config = ServeConfig {
         listen,
         name: args.name.clone(),
-        description: args.description.clone().unwrap_or_else(|| {
-            format!(
-                "remap of {} (spare {})",
-                main_path.display(),
-                spare_path.display()
-            )
-        }),
+        description: args.description.clone(),
         read_only: args.read_only,
-        block_size: device.block_size().bytes(),
-        ..ServerConfig::default()
+        faults: FaultPlan {
+            fail_read: fail_read.clone(),
+            fail_write: fail_write.clone(),
+            flaky_rate: args.flaky,
+            seed: args.seed,
+        },
+        control,
+        metrics: args.metrics,
+        create_if_blank: args.create,
     };
-    let export: Arc<dyn BlockBackend> = device.clone();
-    let state: Arc<dyn BlockStateSource> = device.clone();
-    let server = Server::new(export, Some(state), config).map_err(|source| CliError::Serve {
-        path: main_path.clone(),
-        source,
-    })?;
+    let serving = remap_service::serve(pair, config)?;
+    if serving.formatted() {
+        writeln!(
+            out,
+            "formatted {} as the spare for {}",
+            spare.display(),
+            main.display()
+        )?;
+    }
 
     // Catch the signals before saying we listen, so a client that stops us at once is
     // heard.
-    let stop = server.shutdown_handle();
+    let stop = serving.stopper();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -379,7 +333,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         let mut received = signals.forever();
         if received.next().is_some() {
             tracing::info!("signal received: finishing requests in flight, then stopping");
-            stop.shutdown();
+            stop.stop();
         }
         if received.next().is_some() {
             eprintln!("remap: second signal: exiting now; the journal keeps what was made durable");
@@ -387,117 +341,73 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         }
     });
 
+    print_started(args, &serving, &fail_read, &fail_write, out)?;
+    out.flush()?;
+    let summary = serving.wait()?;
+    print_summary(&summary, out)
+}
+
+/// What is served where, and what to try (the demo).
+fn print_started(
+    args: &Args,
+    serving: &Serving,
+    fail_read: &BlockList,
+    fail_write: &BlockList,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let live = serving.live();
+    let device = &live.device;
     writeln!(
         out,
         "serving {} ({} blocks of {} bytes) with spare {}{}",
-        main_path.display(),
+        live.main_path.display(),
         device.blocks(),
         device.block_size(),
-        spare_path.display(),
+        live.spare_path.display(),
         if args.read_only { ", read-only" } else { "" }
     )?;
-    if let Some(f) = &faulty {
+    if let Some((reads, writes)) = serving.fault_blocks() {
         writeln!(
             out,
-            "injecting faults on main: {} blocks fail reads, {} fail writes, flaky rate {} (seed {})",
-            f.read_failing().len(),
-            f.write_failing().len(),
-            args.flaky,
-            args.seed
+            "injecting faults on main: {reads} blocks fail reads, {writes} fail writes, flaky rate {} (seed {})",
+            args.flaky, args.seed
         )?;
     }
-    // The operator side: windows fed every second, the control socket, the metrics.
-    let live = Live::new(
-        device.clone(),
-        main_path.clone(),
-        spare_path.clone(),
-        spare_size,
-        superblock,
-    );
-    let mut helpers = vec![live.spawn_feeder().map_err(|source| CliError::Thread {
-        what: "health window",
-        source,
-    })?];
-    // The demo always has a control socket, so its printed commands can use it.
-    let control_path = args.control.clone().or_else(|| {
-        args.demo
-            .then(|| PathBuf::from(DEMO_DIR).join("control.sock"))
-    });
-    if let Some(path) = &control_path {
-        let control = ControlServer::bind(path)?;
-        helpers.push(
-            control
-                .spawn(live.clone())
-                .map_err(|source| CliError::Thread {
-                    what: "control socket",
-                    source,
-                })?,
-        );
+    if let Some(path) = serving.control_path() {
         writeln!(out, "control socket {}", path.display())?;
     }
-    if let Some(addr) = args.metrics {
-        let metrics = MetricsServer::bind(addr)?;
-        let at = metrics.local_addr();
-        helpers.push(
-            metrics
-                .spawn(live.clone())
-                .map_err(|source| CliError::Thread {
-                    what: "metrics",
-                    source,
-                })?,
-        );
+    if let Some(at) = serving.metrics_addr() {
         writeln!(out, "metrics on http://{at}/metrics")?;
     }
-    for addr in server.local_addrs() {
+    for addr in serving.local_addrs() {
         writeln!(out, "listening on {addr}")?;
     }
     if args.demo
-        && let Some(addr) = server.local_addrs().first()
+        && let Some(addr) = serving.local_addrs().first()
     {
         print_demo_commands(
             out,
             &addr.to_string(),
             device.block_size().bytes_u64(),
-            &fail_read,
-            &fail_write,
+            fail_read,
+            fail_write,
             &DemoPaths {
-                main: &main_path,
-                spare: &spare_path,
-                control: control_path.as_deref(),
+                main: &live.main_path,
+                spare: &live.spare_path,
+                control: serving.control_path(),
             },
         )?;
     }
-    out.flush()?;
+    Ok(())
+}
 
-    let served = server.run();
-    // Stop the operator side first: the background scrub saves its cursor, control
-    // commands in progress finish, the socket file goes.
-    live.stop();
-    for h in helpers {
-        if h.join().is_err() {
-            tracing::error!("a helper thread of the server panicked");
-        }
-    }
-    // Whatever the server did, end with a clean shutdown of the device: flush + checkpoint.
-    let shutdown = device.shutdown();
-    let summary = served.map_err(|source| CliError::Serve {
-        path: main_path.clone(),
-        source,
-    })?;
-    shutdown.map_err(|source| CliError::Shutdown {
-        path: spare_path.clone(),
-        source,
-    })?;
-
-    let after = device.stats();
+/// The exit summary, in lines a test harness can parse.
+fn print_summary(summary: &ServeSummary, out: &mut dyn Write) -> Result<(), CliError> {
+    let (n, before, after) = (&summary.nbd, &summary.before, &summary.after);
     writeln!(
         out,
         "served: connections={} requests={} errors={} bytes_read={} bytes_written={}",
-        summary.connections,
-        summary.requests,
-        summary.errors,
-        summary.bytes_read,
-        summary.bytes_written
+        n.connections, n.requests, n.errors, n.bytes_read, n.bytes_written
     )?;
     writeln!(
         out,
@@ -508,21 +418,17 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         after.main_read_errors - before.main_read_errors,
         after.main_write_errors - before.main_write_errors,
     )?;
-    if let Some(f) = &faulty {
-        let injected = f.injected();
+    if let Some(injected) = &summary.injected {
         writeln!(
             out,
             "faults: injected_sticky_reads={} injected_sticky_writes={} injected_transient={}",
             injected.sticky_reads, injected.sticky_writes, injected.transient
         )?;
     }
-    let entries = device.entries(0, u64::MAX);
-    for (label, remapped) in [("remapped", true), ("pending", false)] {
-        let blocks: Vec<u64> = entries
-            .iter()
-            .filter(|(_, e)| e.is_remapped() == remapped)
-            .map(|(lba, _)| *lba)
-            .collect();
+    for (label, blocks) in [
+        ("remapped", &summary.remapped),
+        ("pending", &summary.pending),
+    ] {
         if blocks.len() > MAX_LISTED_BLOCKS {
             writeln!(
                 out,

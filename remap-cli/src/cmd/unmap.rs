@@ -2,10 +2,12 @@
 
 use std::io::Write;
 
-use crate::blocks::{BlockList, BlockRange};
+use remap_service::blocks::{BlockList, BlockRange};
+use remap_service::devices::{Access, Pair};
+use remap_service::transfer::{self, Outcome, Paths};
+
 use crate::cmd::PairArgs;
-use crate::cmd::transfer::{self, Outcome, Paths};
-use crate::devices::{Access, Pair};
+use crate::cmd::map::totals;
 use crate::error::CliError;
 
 const AFTER_HELP: &str = "\
@@ -56,8 +58,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         spare: &spare_path,
     };
     let summary = transfer::unmap_blocks(device, &blocks, paths, &mut |o| report(o, out))?;
-    writeln!(out, "unmap: {}", transfer::totals(&summary))?;
-    transfer::finish(device, summary, paths)
+    writeln!(out, "unmap: {}", totals(&summary))?;
+    Ok(transfer::finish(device, summary, paths)?)
 }
 
 fn report(outcome: &Outcome, out: &mut dyn Write) -> Result<(), CliError> {
@@ -72,7 +74,7 @@ fn report(outcome: &Outcome, out: &mut dyn Write) -> Result<(), CliError> {
         Outcome::Mapped { lba, spare, .. } | Outcome::AlreadyMapped { lba, spare } => {
             writeln!(out, "block {lba} is on spare block {spare}")?;
         }
-        Outcome::Failed(e) => eprintln!("remap: {e}"),
+        Outcome::Failed(e) => eprintln!("remap: {}", crate::error::block_line(e)),
     }
     Ok(())
 }

@@ -11,13 +11,18 @@ use std::sync::Arc;
 mod file;
 mod mem;
 
-#[cfg(feature = "testing")]
+#[cfg(feature = "fault-injection")]
 pub mod crash;
-#[cfg(feature = "testing")]
+#[cfg(feature = "fault-injection")]
 pub mod faulty;
 
 pub use file::{FileBackend, OpenError, OpenOptions};
 pub use mem::MemBackend;
+
+#[cfg(feature = "fault-injection")]
+pub use crash::{CrashBackend, Survival};
+#[cfg(feature = "fault-injection")]
+pub use faulty::FaultyBackend;
 
 /// Largest run of zeroes the default [`BlockBackend::write_zeroes`] writes per call.
 const ZERO_CHUNK: usize = 64 * 1024;

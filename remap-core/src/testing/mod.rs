@@ -1,7 +1,8 @@
-//! Test doubles, public behind the `testing` feature so every crate (and every user testing
-//! their own storage code) can reuse them:
+//! Test helpers, public behind the test-only `test-support` feature so every crate (and every
+//! user testing their own storage code) can reuse them:
 //!
-//! - [`crate::backend::faulty::FaultyBackend`] and [`crate::backend::crash::CrashBackend`];
+//! - [`crate::backend::faulty::FaultyBackend`] and [`crate::backend::crash::CrashBackend`]
+//!   again (they themselves are the product feature `fault-injection`);
 //! - [`MemStore`]: a [`MetaStore`] in memory whose committed records survive a simulated
 //!   crash, and from which a device can be reopened;
 //! - [`EventLog`] and [`RecordingBackend`]: the order of data writes, flushes and commits;
@@ -25,7 +26,6 @@ pub use crate::backend::crash::{CrashBackend, Survival};
 pub use crate::backend::faulty::FaultyBackend;
 pub use crate::clock::ManualClock;
 
-#[cfg(feature = "model")]
 pub mod model;
 
 /// Something that happened, in order.

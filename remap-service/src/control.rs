@@ -1,5 +1,6 @@
-//! The control socket of `remap serve --control PATH`: how the `remap` commands talk to a
-//! running server (the pair is locked by the server, so they cannot open it themselves).
+//! The control socket of a running server: how operators' tools talk to it (the pair is
+//! locked by the server, so they cannot open it themselves). The protocol's types, the
+//! server ([`ControlServer`]) and the client ([`call`], [`call_as`]).
 //!
 //! # Protocol
 //!
@@ -17,7 +18,7 @@
 //!
 //! Commands: `status`, `health`, `map` (`blocks`, optional `zero_unreadable`),
 //! `scrub-start` (optional `rate_bytes_per_s`), `scrub-stop`, `scrub-status`, `set`
-//! (`changes`: thresholds and read retries, as `remap set` takes them).
+//! (`changes`: thresholds and read retries, [`SettingChanges`]).
 //!
 //! # Limits
 //!
@@ -30,6 +31,7 @@
 //!
 //! Every connection and every command is logged through `tracing` (info level).
 
+use std::convert::Infallible;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -43,9 +45,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use remap_core::BlockBackend;
+
 use crate::blocks::BlockRange;
-use crate::cmd::set::SettingChanges;
 use crate::live::Live;
+use crate::settings::{SavedSettings, SettingChanges};
 
 /// The longest request line, in bytes (newline excluded).
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -135,7 +139,7 @@ impl Reply {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
-    #[error("{}: cannot connect to the control socket (is `remap serve --control {}` running?): {source}", path.display(), path.display())]
+    #[error("{}: cannot connect to the control socket: {source}", path.display())]
     Connect {
         path: PathBuf,
         #[source]
@@ -148,7 +152,11 @@ pub enum ControlError {
         source: io::Error,
     },
     #[error("{}: the server's reply is not understood: {reason}", path.display())]
-    Protocol { path: PathBuf, reason: String },
+    Protocol {
+        path: PathBuf,
+        #[source]
+        reason: ProtocolFault,
+    },
     #[error("{}: the server refused the request: {message}", path.display())]
     Refused { path: PathBuf, message: String },
     #[error("{}: another server already listens on this control socket", path.display())]
@@ -161,6 +169,20 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What was wrong with a server's reply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolFault {
+    #[error("the server closed the connection without a reply")]
+    NoReply,
+    #[error("reply longer than {MAX_REPLY_BYTES} bytes")]
+    TooLong,
+    #[error("a success without a result")]
+    NoResult,
+    #[error("{0}")]
+    Decode(#[from] serde_json::Error),
 }
 
 /// What reading one line gave.
@@ -270,13 +292,19 @@ impl ControlServer {
     }
 
     /// Serve connections on a thread until `live` stops; then remove the socket file.
-    pub fn spawn(self, live: Arc<Live>) -> io::Result<JoinHandle<()>> {
+    pub fn spawn<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+        self,
+        live: Arc<Live<M, S>>,
+    ) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("remap-control".into())
             .spawn(move || self.accept_loop(&live))
     }
 
-    fn accept_loop(self, live: &Arc<Live>) {
+    fn accept_loop<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+        self,
+        live: &Arc<Live<M, S>>,
+    ) {
         let active = Arc::new(AtomicUsize::new(0));
         let ids = AtomicU64::new(0);
         let mut handlers: Vec<JoinHandle<()>> = Vec::new();
@@ -351,7 +379,11 @@ fn send(out: &mut impl Write, reply: &Reply) -> io::Result<()> {
 
 /// One connection: requests in, replies out, until the peer closes it, it idles too long,
 /// or the server stops.
-fn serve_connection(stream: UnixStream, id: u64, live: &Live) {
+fn serve_connection<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+    stream: UnixStream,
+    id: u64,
+    live: &Live<M, S>,
+) {
     tracing::info!(conn = id, "control connection opened");
     let setup = stream
         .set_nonblocking(false)
@@ -400,7 +432,11 @@ fn serve_connection(stream: UnixStream, id: u64, live: &Live) {
 }
 
 /// Answer one request line.
-fn handle(text: &[u8], id: u64, live: &Live) -> Reply {
+fn handle<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+    text: &[u8],
+    id: u64,
+    live: &Live<M, S>,
+) -> Reply {
     let request: Request = match serde_json::from_slice(text) {
         Ok(r) => r,
         Err(e) => {
@@ -409,42 +445,34 @@ fn handle(text: &[u8], id: u64, live: &Live) -> Reply {
         }
     };
     tracing::info!(conn = id, cmd = request.name(), "control command");
-    let result = match request {
-        Request::Status {} => to_value(&live.status()),
-        Request::Health {} => to_value(&live.health()),
+    let reply = match request {
+        Request::Status {} => answer(Ok::<_, Infallible>(live.status())),
+        Request::Health {} => answer(Ok::<_, Infallible>(live.health())),
         Request::Map {
             blocks,
             zero_unreadable,
-        } => live
-            .map(&blocks, zero_unreadable)
-            .and_then(|r| to_value(&r)),
-        Request::ScrubStart { rate_bytes_per_s } => {
-            if rate_bytes_per_s == Some(0) {
-                Err("rate_bytes_per_s must be above 0".to_string())
-            } else {
-                live.scrub_start(rate_bytes_per_s)
-                    .and_then(|s| to_value(&s))
-            }
-        }
-        Request::ScrubStop {} => to_value(&live.scrub_stop()),
-        Request::ScrubStatus {} => to_value(&live.scrub_status()),
-        Request::Set { changes } => live
-            .device
-            .update_settings(|s| changes.apply(s))
-            .map_err(|e| format!("{}: {e}", live.spare_path.display()))
-            .and_then(|s| to_value(&s)),
+        } => answer(live.map(&blocks, zero_unreadable)),
+        Request::ScrubStart { rate_bytes_per_s } => answer(live.scrub_start(rate_bytes_per_s)),
+        Request::ScrubStop {} => answer(Ok::<_, Infallible>(live.scrub_stop())),
+        Request::ScrubStatus {} => answer(Ok::<_, Infallible>(live.scrub_status())),
+        Request::Set { changes } => answer(live.set(&changes).map(SavedSettings::from)),
     };
-    match result {
-        Ok(v) => Reply::ok(v),
-        Err(message) => {
-            tracing::info!(conn = id, error = %message, "control: request refused");
-            Reply::error(message)
-        }
+    if let Some(message) = &reply.error {
+        tracing::info!(conn = id, error = %message, "control: request refused");
     }
+    reply
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<Value, String> {
-    serde_json::to_value(v).map_err(|e| format!("cannot encode the reply: {e}"))
+/// The reply to a request's outcome: its result encoded, or its error's text (the wire
+/// carries the message; the typed error stays in the server's log).
+fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Reply {
+    match result {
+        Ok(v) => match serde_json::to_value(&v) {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::error(format!("cannot encode the reply: {e}")),
+        },
+        Err(e) => Reply::error(e.to_string()),
+    }
 }
 
 /// Send one request to the server at `path` and return its result.
@@ -469,13 +497,13 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
         Line::End => {
             return Err(ControlError::Protocol {
                 path: path.to_path_buf(),
-                reason: "the server closed the connection without a reply".to_string(),
+                reason: ProtocolFault::NoReply,
             });
         }
         Line::TooLong => {
             return Err(ControlError::Protocol {
                 path: path.to_path_buf(),
-                reason: format!("reply longer than {MAX_REPLY_BYTES} bytes"),
+                reason: ProtocolFault::TooLong,
             });
         }
         Line::GiveUp => {
@@ -487,13 +515,13 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
     };
     let reply: Reply = serde_json::from_slice(&text).map_err(|e| ControlError::Protocol {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: ProtocolFault::Decode(e),
     })?;
     match (reply.ok, reply.result, reply.error) {
         (true, Some(v), _) => Ok(v),
         (true, None, _) => Err(ControlError::Protocol {
             path: path.to_path_buf(),
-            reason: "a success without a result".to_string(),
+            reason: ProtocolFault::NoResult,
         }),
         (false, _, message) => Err(ControlError::Refused {
             path: path.to_path_buf(),
@@ -507,7 +535,7 @@ pub fn call_as<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T,
     let v = call(path, request)?;
     serde_json::from_value(v).map_err(|e| ControlError::Protocol {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: ProtocolFault::Decode(e),
     })
 }
 

@@ -1,14 +1,12 @@
-//! Block lists on the command line: `N`, `N-M` (inclusive), several arguments or
-//! comma-separated. Block numbers are in the device's block size.
+//! Block lists: `N`, `N-M` (inclusive), several or comma-separated, in the device's block
+//! size, as operators write them and as control requests carry them.
 //!
-//! Syntax is checked by clap while parsing (a bad list is a usage error before any device
-//! is opened); the range against the device is checked by [`BlockList::check_within`] after
-//! opening and before anything is changed.
+//! Syntax is checked by [`BlockRange::from_str`] (a frontend parses its arguments with it,
+//! so a bad list is refused before any device is opened); the range against the device is
+//! checked by [`BlockList::check_within`] after opening and before anything is changed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-
-use crate::error::CliError;
 
 /// An inclusive run of blocks `first..=last`, `first <= last`. In control-socket requests
 /// it travels as `{"first": N, "last": M}`; a reversed one is refused while decoding.
@@ -94,7 +92,17 @@ impl FromStr for BlockRange {
     }
 }
 
-/// Block lists as the command line gave them, merged: sorted, overlaps and neighbours
+/// A block number beyond the main device. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: block {lba} is beyond the end of the device ({blocks} blocks of {block_size} bytes, numbered 0 to {})", path.display(), blocks.saturating_sub(1))]
+pub struct OutOfRange {
+    pub path: PathBuf,
+    pub lba: u64,
+    pub blocks: u64,
+    pub block_size: u32,
+}
+
+/// Block lists as an operator gave them, merged: sorted, overlaps and neighbours
 /// joined, so every block is visited once and in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockList {
@@ -129,10 +137,15 @@ impl BlockList {
         self.runs.is_empty()
     }
 
-    /// Refuse (as a usage error) any block at or past `blocks`, naming the first one.
-    pub fn check_within(&self, path: &Path, blocks: u64, block_size: u32) -> Result<(), CliError> {
+    /// Refuse any block at or past `blocks`, naming the first one.
+    pub fn check_within(
+        &self,
+        path: &Path,
+        blocks: u64,
+        block_size: u32,
+    ) -> Result<(), OutOfRange> {
         match self.runs.last() {
-            Some(r) if r.last >= blocks => Err(CliError::BlockOutOfRange {
+            Some(r) if r.last >= blocks => Err(OutOfRange {
                 path: path.to_path_buf(),
                 lba: r.first.max(blocks),
                 blocks,
@@ -226,15 +239,15 @@ mod tests {
         let list = BlockList::new(&[r("5-100").unwrap()]);
         assert!(list.check_within(path, 101, 4096).is_ok());
         match list.check_within(path, 50, 4096) {
-            Err(CliError::BlockOutOfRange { lba, blocks, .. }) => {
+            Err(OutOfRange { lba, blocks, .. }) => {
                 assert_eq!((lba, blocks), (50, 50));
             }
-            other => panic!("expected BlockOutOfRange, got {other:?}"),
+            other => panic!("expected OutOfRange, got {other:?}"),
         }
         let list = BlockList::new(&[r("600").unwrap()]);
         match list.check_within(path, 50, 4096) {
-            Err(CliError::BlockOutOfRange { lba, .. }) => assert_eq!(lba, 600),
-            other => panic!("expected BlockOutOfRange, got {other:?}"),
+            Err(OutOfRange { lba, .. }) => assert_eq!(lba, 600),
+            other => panic!("expected OutOfRange, got {other:?}"),
         }
         // A huge range is counted without overflow and refused without being walked.
         let list = BlockList::new(&[r("0-18446744073709551615").unwrap()]);

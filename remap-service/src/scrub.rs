@@ -12,11 +12,12 @@
 //!   resumable scrub reaches the last block, a pass is complete: the pass counter goes up and
 //!   the cursor returns to 0. So a pass is counted only when every block of the device was
 //!   read by a chain of resumable scrubs.
-//! - A scrub of an explicit range (`--from`) is a one-off check: it leaves the cursor and the
-//!   pass count alone.
-//! - `--rate` is a token bucket ([`crate::throttle`]) charged before each chunk.
+//! - A scrub of an explicit range (not resumable) is a one-off check: it leaves the cursor and
+//!   the pass count alone.
+//! - The rate limit is a token bucket ([`crate::throttle`]) charged before each chunk.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use parking_lot::Mutex;
 use remap_core::{BlockBackend, DeviceError, RemapDevice};
 use serde::{Deserialize, Serialize};
 
+use crate::blocks::OutOfRange;
 use crate::throttle::Throttle;
 
 /// The largest chunk read at once.
@@ -151,6 +153,92 @@ pub enum ScrubError {
         #[source]
         source: DeviceError,
     },
+    #[error("flush and checkpoint after the scrub failed: {source}")]
+    Shutdown {
+        #[source]
+        source: DeviceError,
+    },
+}
+
+/// Why a scrub range was refused before anything was read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RangeError {
+    #[error(transparent)]
+    OutOfRange(#[from] OutOfRange),
+    #[error("{}: the range starts at block {first}, after its last block {last}", path.display())]
+    Reversed {
+        path: PathBuf,
+        first: u64,
+        last: u64,
+    },
+    #[error("{}: the saved scrub cursor (block {cursor}) is already past the last block asked for ({last}); name a first block to check an earlier range", path.display())]
+    CursorPast {
+        path: PathBuf,
+        cursor: u64,
+        last: u64,
+    },
+}
+
+impl ScrubPlan {
+    /// The plan for a scrub of `device` (whose main device is `path`, for messages): from
+    /// `first` (a one-off check of a range, which leaves the cursor alone) or else from the
+    /// saved cursor (resumable), to `last` inclusive or else the end, at `rate` bytes per
+    /// second or unlimited, in chunks of at most `max_chunk_bytes`.
+    pub fn for_range<M: BlockBackend, S: BlockBackend>(
+        device: &RemapDevice<M, S>,
+        path: &Path,
+        first: Option<u64>,
+        last: Option<u64>,
+        rate: Option<u64>,
+        max_chunk_bytes: u64,
+    ) -> Result<ScrubPlan, RangeError> {
+        let blocks = device.blocks();
+        let block_size = device.block_size();
+        for lba in [first, last].into_iter().flatten() {
+            if lba >= blocks {
+                return Err(OutOfRange {
+                    path: path.to_path_buf(),
+                    lba,
+                    blocks,
+                    block_size: block_size.bytes(),
+                }
+                .into());
+            }
+        }
+        if let (Some(first), Some(last)) = (first, last)
+            && first > last
+        {
+            return Err(RangeError::Reversed {
+                path: path.to_path_buf(),
+                first,
+                last,
+            });
+        }
+        let settings = device.settings();
+        if let Some(last) = last
+            && first.is_none()
+            && settings.scrub_cursor > last
+        {
+            return Err(RangeError::CursorPast {
+                path: path.to_path_buf(),
+                cursor: settings.scrub_cursor,
+                last,
+            });
+        }
+        Ok(ScrubPlan {
+            first: first.unwrap_or(settings.scrub_cursor.min(blocks)),
+            end: last.map_or(blocks, |t| t + 1),
+            resumable: first.is_none(),
+            rate_bytes_per_s: rate,
+            chunk_blocks: ScrubPlan::chunk_blocks_for(
+                block_size.bytes_u64(),
+                rate,
+                max_chunk_bytes,
+            ),
+            save_interval: SAVE_INTERVAL,
+        })
+    }
 }
 
 /// Whether a scrub read error is a finding (the block is unreadable and now pending) rather
@@ -357,4 +445,23 @@ fn save<M: BlockBackend, S: BlockBackend>(
     s.saved_cursor = saved.scrub_cursor;
     s.passes = saved.scrub_passes;
     Ok(())
+}
+
+/// Scrub a pair at rest: [`run`], then, if it marked blocks pending, a clean shutdown (flush
+/// and checkpoint; the pending marks are durable already, the checkpoint shortens the next
+/// replay).
+pub fn run_at_rest<M: BlockBackend, S: BlockBackend>(
+    device: &RemapDevice<M, S>,
+    plan: &ScrubPlan,
+    stop: &AtomicBool,
+    on_chunk: &mut dyn FnMut(&ScrubStatus),
+) -> Result<ScrubStatus, ScrubError> {
+    let status = Mutex::new(ScrubStatus::default());
+    let s = run(device, plan, stop, &status, on_chunk)?;
+    if s.newly_pending > 0 {
+        device
+            .shutdown()
+            .map_err(|source| ScrubError::Shutdown { source })?;
+    }
+    Ok(s)
 }

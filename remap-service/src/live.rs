@@ -1,5 +1,5 @@
-//! The live side of `remap serve`: what the control socket and the metrics endpoint read
-//! and start while the device is exported.
+//! The running service: what the control socket, the metrics endpoint and an embedding
+//! program read and start while the device is exported.
 //!
 //! - the served device itself (its counters, table and settings are live);
 //! - [`HealthWindows`] fed every second with the counter totals by a feeder thread, for the
@@ -17,24 +17,52 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use remap_core::clock::{Clock, SystemClock};
-use remap_core::predict::NoProjection;
-use remap_core::window::{Counts, HealthWindows};
+use remap_core::store::Settings;
 use remap_core::{BlockBackend, FileBackend, RemapDevice};
 use remap_meta::{Superblock, counters};
 use serde::{Deserialize, Serialize};
 
-use crate::blocks::{BlockList, BlockRange};
-use crate::cmd::status::{
-    BlockSection, LiveSection, LiveSequence, LiveStatus, OwnedDevice, SpareSection,
-};
-use crate::cmd::transfer::{self, Outcome, Paths};
+use crate::blocks::{BlockList, BlockRange, OutOfRange};
 use crate::health::{self, HealthView, Inputs, ProjectionView, Verdict};
+use crate::predict::NoProjection;
 use crate::scrub::{self, ScrubPlan, ScrubStatus};
-use crate::units;
+use crate::settings::{self, SettingChanges, SettingsError};
+use crate::status::{
+    BlockSection, LiveSection, LiveSequence, LiveStatus, OwnedDevice, SpareSection, uuid_text,
+};
+use crate::time::utc;
+use crate::transfer::{self, Outcome, Paths};
+use crate::window::{Counts, HealthWindows};
 
 /// The device `remap serve` exports: main behind an optional fault injector, spare a file
 /// or block device.
 pub type ServedDevice = RemapDevice<Arc<dyn BlockBackend>, Arc<FileBackend>>;
+
+/// Why a live map request was refused before any block moved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MapError {
+    #[error("no blocks given")]
+    NoBlocks,
+    #[error("{requested} blocks requested; one request may name at most {max}")]
+    TooMany { requested: u64, max: u64 },
+    #[error(transparent)]
+    OutOfRange(#[from] OutOfRange),
+}
+
+/// Why a background scrub was not started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScrubStartError {
+    #[error("a scrub is already running (at block {cursor} of {end_block}); stop it first")]
+    AlreadyRunning { cursor: u64, end_block: u64 },
+    #[error("the rate must be above 0 bytes per second")]
+    ZeroRate,
+    #[error("the server is stopping")]
+    Stopping,
+    #[error("cannot start the scrub thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
 
 /// The most blocks one control `map` request may name.
 pub const MAX_MAP_BLOCKS: u64 = 65_536;
@@ -57,9 +85,10 @@ struct Running {
     thread: JoinHandle<()>,
 }
 
-/// Everything the operator side of a running server shares.
-pub struct Live {
-    pub device: Arc<ServedDevice>,
+/// Everything the operator side of a running server shares: the served device, generic
+/// over its main and spare backends.
+pub struct Live<M: BlockBackend + 'static, S: BlockBackend + 'static> {
+    pub device: Arc<RemapDevice<M, S>>,
     pub main_path: PathBuf,
     pub spare_path: PathBuf,
     pub spare_size: u64,
@@ -74,7 +103,7 @@ pub struct Live {
     stopping: AtomicBool,
 }
 
-impl std::fmt::Debug for Live {
+impl<M: BlockBackend + 'static, S: BlockBackend + 'static> std::fmt::Debug for Live<M, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
             .field("main", &self.main_path)
@@ -105,14 +134,14 @@ pub struct MapReply {
     pub stopped_by: Option<String>,
 }
 
-impl Live {
+impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
     pub fn new(
-        device: Arc<ServedDevice>,
+        device: Arc<RemapDevice<M, S>>,
         main_path: PathBuf,
         spare_path: PathBuf,
         spare_size: u64,
         superblock: Superblock,
-    ) -> Arc<Live> {
+    ) -> Arc<Live<M, S>> {
         let live = Arc::new(Live {
             device,
             main_path,
@@ -183,7 +212,7 @@ impl Live {
         LiveStatus {
             live: LiveSection {
                 pid: std::process::id(),
-                started: units::utc(self.started_unix_s),
+                started: utc(self.started_unix_s),
                 uptime_s: self.uptime_s(),
             },
             main: OwnedDevice {
@@ -194,8 +223,8 @@ impl Live {
                 path: self.spare_path.clone(),
                 size_bytes: self.spare_size,
             },
-            uuid: crate::cmd::create::uuid_text(&self.superblock.uuid),
-            created: units::utc(self.superblock.created_ns / 1_000_000_000),
+            uuid: uuid_text(&self.superblock.uuid),
+            created: utc(self.superblock.created_ns / 1_000_000_000),
             main_blocks: d.blocks(),
             geometry: serde_json::to_value(g).unwrap_or_default(),
             spares: SpareSection {
@@ -275,21 +304,21 @@ impl Live {
         )
     }
 
-    /// Move blocks to the spare now, as `remap map` does offline.
-    pub fn map(&self, ranges: &[BlockRange], zero_unreadable: bool) -> Result<MapReply, String> {
+    /// Move blocks to the spare now, as a map of a pair at rest does. Blocks that fail are
+    /// reported in the reply; only a request refused as a whole is an error.
+    pub fn map(&self, ranges: &[BlockRange], zero_unreadable: bool) -> Result<MapReply, MapError> {
         let list = BlockList::new(ranges);
         if list.is_empty() {
-            return Err("no blocks given".to_string());
+            return Err(MapError::NoBlocks);
         }
         if list.len() > MAX_MAP_BLOCKS {
-            return Err(format!(
-                "{} blocks requested; one request may name at most {MAX_MAP_BLOCKS}",
-                list.len()
-            ));
+            return Err(MapError::TooMany {
+                requested: list.len(),
+                max: MAX_MAP_BLOCKS,
+            });
         }
         let d = &self.device;
-        list.check_within(&self.main_path, d.blocks(), d.block_size().bytes())
-            .map_err(|e| e.to_string())?;
+        list.check_within(&self.main_path, d.blocks(), d.block_size().bytes())?;
         let paths = Paths {
             main: &self.main_path,
             spare: &self.spare_path,
@@ -316,15 +345,15 @@ impl Live {
                     error: None,
                 },
                 Outcome::Failed(e) => MapResult {
-                    block: failed_block(e),
+                    block: e.lba,
                     outcome: "failed".to_string(),
                     spare_block: None,
                     error: Some(e.to_string()),
                 },
             });
-            Ok(())
+            Ok::<(), std::convert::Infallible>(())
         })
-        .map_err(|e| e.to_string())?;
+        .unwrap_or_else(|never| match never {});
         Ok(MapReply {
             results,
             moved: summary.changed,
@@ -337,22 +366,25 @@ impl Live {
 
     /// Start a background scrub from the persisted cursor to the end of the device, at
     /// `rate` bytes per second (default [`DEFAULT_BACKGROUND_RATE`]).
-    pub fn scrub_start(&self, rate: Option<u64>) -> Result<ScrubStatus, String> {
+    pub fn scrub_start(&self, rate: Option<u64>) -> Result<ScrubStatus, ScrubStartError> {
+        if rate == Some(0) {
+            return Err(ScrubStartError::ZeroRate);
+        }
         let mut slot = self.scrub.lock();
         if let Some(r) = slot.as_ref()
             && !r.thread.is_finished()
         {
             let s = self.scrub_status.lock().clone();
-            return Err(format!(
-                "a scrub is already running (at block {} of {}); stop it first with scrub-stop",
-                s.cursor, s.end_block
-            ));
+            return Err(ScrubStartError::AlreadyRunning {
+                cursor: s.cursor,
+                end_block: s.end_block,
+            });
         }
         if let Some(old) = slot.take() {
             let _ = old.thread.join();
         }
         if self.is_stopping() {
-            return Err("the server is stopping".to_string());
+            return Err(ScrubStartError::Stopping);
         }
         let d = &self.device;
         let rate = rate.unwrap_or(DEFAULT_BACKGROUND_RATE);
@@ -388,7 +420,7 @@ impl Live {
                     tracing::error!(error = %e, "background scrub failed");
                 }
             })
-            .map_err(|e| format!("cannot start the scrub thread: {e}"))?;
+            .map_err(ScrubStartError::Thread)?;
         *slot = Some(Running { stop, thread });
         tracing::info!(rate, "background scrub started");
         Ok(self.scrub_status.lock().clone())
@@ -418,12 +450,9 @@ impl Live {
         }
         s
     }
-}
 
-/// The block a failed `map` outcome is about.
-fn failed_block(e: &crate::error::CliError) -> u64 {
-    match e {
-        crate::error::CliError::Block { lba, .. } => *lba,
-        _ => 0,
+    /// Change the persisted settings; the device applies them at once.
+    pub fn set(&self, changes: &SettingChanges) -> Result<Settings, SettingsError> {
+        settings::update(&self.device, changes, &self.spare_path)
     }
 }

@@ -1,4 +1,4 @@
-//! `remap serve --metrics ADDR`: the live figures in the Prometheus text format, encoded by
+//! The metrics endpoint of a running server: the live figures in the Prometheus text format, encoded by
 //! `prometheus-client` (OpenMetrics text), served over a minimal HTTP/1.1 `GET` handler.
 //!
 //! Two forms, by the scraper's `Accept` header: a scraper that asks for
@@ -38,9 +38,8 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use remap_core::stats::{LATENCY_BUCKETS, LatencyHistogram, LatencySnapshot};
-use remap_core::{HealthState, StatsSnapshot};
+use remap_core::{BlockBackend, HealthState, StatsSnapshot};
 
-use crate::error::CliError;
 use crate::live::Live;
 use crate::scrub::ScrubState;
 
@@ -82,10 +81,18 @@ impl EncodeMetric for Latency {
     }
 }
 
+/// The metrics endpoint could not listen.
+#[derive(Debug, thiserror::Error)]
+#[error("{addr}: cannot serve metrics: {source}")]
+pub struct MetricsError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
 /// Takes a snapshot of the served device at every scrape.
-#[derive(Debug)]
-struct DeviceCollector {
-    live: Arc<Live>,
+struct DeviceCollector<M: BlockBackend + 'static, S: BlockBackend + 'static> {
+    live: Arc<Live<M, S>>,
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -203,7 +210,17 @@ fn counters(s: &StatsSnapshot) -> [(&'static str, &'static str, u64); 23] {
     ]
 }
 
-impl Collector for DeviceCollector {
+impl<M: BlockBackend + 'static, S: BlockBackend + 'static> std::fmt::Debug
+    for DeviceCollector<M, S>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCollector")
+            .field("live", &self.live)
+            .finish()
+    }
+}
+
+impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Collector for DeviceCollector<M, S> {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live = &self.live;
         let d = &live.device;
@@ -490,7 +507,9 @@ pub fn to_classic(openmetrics: &str) -> String {
 }
 
 /// The metrics text of `live` in OpenMetrics form.
-pub fn render(live: &Arc<Live>) -> Result<String, std::fmt::Error> {
+pub fn render<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+    live: &Arc<Live<M, S>>,
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("remap");
     registry.register_collector(Box::new(DeviceCollector { live: live.clone() }));
     let mut body = String::new();
@@ -506,8 +525,8 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    pub fn bind(addr: SocketAddr) -> Result<MetricsServer, CliError> {
-        let err = |source| CliError::Metrics { addr, source };
+    pub fn bind(addr: SocketAddr) -> Result<MetricsServer, MetricsError> {
+        let err = |source| MetricsError { addr, source };
         let listener = TcpListener::bind(addr).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
@@ -520,7 +539,10 @@ impl MetricsServer {
     }
 
     /// Answer scrapes on a thread until `live` stops.
-    pub fn spawn(self, live: Arc<Live>) -> io::Result<JoinHandle<()>> {
+    pub fn spawn<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+        self,
+        live: Arc<Live<M, S>>,
+    ) -> io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("remap-metrics".into())
             .spawn(move || {
@@ -545,7 +567,10 @@ impl MetricsServer {
 }
 
 /// Read one request head (bounded) and answer it.
-fn answer(stream: TcpStream, live: &Arc<Live>) -> io::Result<()> {
+fn answer<M: BlockBackend + 'static, S: BlockBackend + 'static>(
+    stream: TcpStream,
+    live: &Arc<Live<M, S>>,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;

@@ -11,12 +11,12 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use remap_core::clock::{Clock, ManualClock};
 use remap_core::device::{DeviceConfig, InitialState, Layout};
-use remap_core::predict::project_exhaustion;
 use remap_core::testing::{FaultyBackend, MemStore};
 use remap_core::{
     BlockSize, DeviceError, HealthState, HealthThresholds, MemBackend, RemapDevice, RemapTable,
     SpareAllocator, StatsSnapshot,
 };
+use remap_service::predict::project_exhaustion;
 
 const BS: u64 = 4096;
 const MAIN_BLOCKS: u64 = 4096;

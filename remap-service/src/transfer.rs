@@ -1,4 +1,5 @@
-//! Moving blocks between main and spare by hand: the loop `map` and `unmap` share.
+//! Moving blocks between main and spare on an operator's request: the loop that map and
+//! unmap share, offline and on a served device.
 //!
 //! Each block is moved by the engine ([`RemapDevice::map_block`] / `unmap_block`), which
 //! makes the change durable (journal write + flush) before returning, so a crash between two
@@ -7,18 +8,94 @@
 //! says the device pair itself is in trouble (spare exhausted, metadata write failed) stops
 //! the loop. Nothing is written for a block that is already where it was asked to go.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use remap_core::{BlockBackend, DeviceError, RemapDevice};
 
 use crate::blocks::BlockList;
-use crate::error::CliError;
+
+/// Moving one block failed or was refused; the message names the device and the block.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: block {lba}: {}", path.display(), describe_block(.source, .lba))]
+pub struct BlockError {
+    pub path: PathBuf,
+    pub lba: u64,
+    #[source]
+    pub source: DeviceError,
+}
+
+/// Why a map or unmap run ended in failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// A block failed in a way that says the pair is in trouble; the run stopped there.
+    #[error(transparent)]
+    Stopped(BlockError),
+
+    /// Some blocks failed; each was reported on its own before.
+    #[error("{}: {failed} of {requested} blocks failed", path.display())]
+    BlocksFailed {
+        path: PathBuf,
+        failed: u64,
+        requested: u64,
+    },
+
+    /// The final flush and checkpoint failed. What was moved is in the journal, which
+    /// recovery replays; the checkpoint only shortens that replay.
+    #[error("{}: flush and checkpoint at the end failed: {source}", path.display())]
+    Shutdown {
+        path: PathBuf,
+        #[source]
+        source: DeviceError,
+    },
+}
+
+/// The cause of a block operation failure, without the `block N:` prefix the engine's
+/// messages carry (the message already starts with it).
+fn describe_block(e: &DeviceError, lba: &u64) -> String {
+    match e {
+        DeviceError::Unreadable { reason, .. } => format!(
+            "cannot be read on the main device, so it was not moved \
+             (unless zeroes may take the place of its data): {reason}"
+        ),
+        DeviceError::MainStillFailing { reason, .. } => {
+            format!("the main device still fails there, so the block stays on its spare: {reason}")
+        }
+        DeviceError::NotRemapped { .. } => "is not remapped".to_string(),
+        DeviceError::AlreadyRemapped { spare, .. } => {
+            format!("is already remapped to spare block {spare}")
+        }
+        DeviceError::SpareExhausted { pool, .. } => {
+            format!("the spare pool is exhausted (all {pool} spare blocks are used or retired)")
+        }
+        DeviceError::SpareReadFailed { spare, source, .. } => format!(
+            "spare block {spare} failed a read and was retired; the block is now pending: {source}"
+        ),
+        DeviceError::SpareWritesFailed { attempts, .. } => {
+            format!("no spare block accepted the data after {attempts} attempts")
+        }
+        other => {
+            let text = other.to_string();
+            // Engine messages about a block start with "block N: " or "block N is ...";
+            // ours already says "block N: ".
+            let colon = format!("block {lba}: ");
+            let space = format!("block {lba} ");
+            if let Some(rest) = text.strip_prefix(&colon) {
+                rest.to_string()
+            } else if let Some(rest) = text.strip_prefix(&space) {
+                rest.to_string()
+            } else {
+                text
+            }
+        }
+    }
+}
 
 /// What happened to one block.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Moved to a spare block; `zeroed` when its data could not be read and
-    /// `--zero-unreadable` put zeroes there instead.
+    /// Moved to a spare block; `zeroed` when its data could not be read and zeroes were
+    /// allowed in its place.
     Mapped {
         lba: u64,
         spare: u64,
@@ -38,7 +115,7 @@ pub enum Outcome {
         lba: u64,
     },
     /// Refused or failed for this block alone; the others were still tried.
-    Failed(CliError),
+    Failed(BlockError),
 }
 
 /// Totals of a `map` or `unmap` run.
@@ -50,7 +127,7 @@ pub struct Summary {
     pub unchanged: u64,
     pub failed: u64,
     /// The error that stopped the loop early, if any.
-    pub stopped_by: Option<CliError>,
+    pub stopped_by: Option<BlockError>,
 }
 
 /// Whether an engine error is about this block only, so the next block may still succeed.
@@ -89,8 +166,8 @@ pub struct Paths<'a> {
 }
 
 impl Paths<'_> {
-    fn block_error(&self, lba: u64, source: DeviceError) -> CliError {
-        CliError::Block {
+    fn block_error(&self, lba: u64, source: DeviceError) -> BlockError {
+        BlockError {
             path: device_of(&source, self.main, self.spare).to_path_buf(),
             lba,
             source,
@@ -99,13 +176,13 @@ impl Paths<'_> {
 }
 
 /// Route one engine result into the summary and the caller's report.
-fn settle(
+fn settle<E>(
     summary: &mut Summary,
     paths: Paths<'_>,
     lba: u64,
     result: Result<Outcome, DeviceError>,
-    report: &mut dyn FnMut(&Outcome) -> Result<(), CliError>,
-) -> Result<bool, CliError> {
+    report: &mut dyn FnMut(&Outcome) -> Result<(), E>,
+) -> Result<bool, E> {
     let outcome = match result {
         Ok(o) => o,
         Err(e) if is_about_the_block(&e) => Outcome::Failed(paths.block_error(lba, e)),
@@ -126,13 +203,13 @@ fn settle(
 
 /// Move every block of `blocks` to a spare block, copying its data. An unreadable block is
 /// refused unless `zero_unreadable`. `blocks` must already be checked against the device.
-pub fn map_blocks<M: BlockBackend, S: BlockBackend>(
+pub fn map_blocks<M: BlockBackend, S: BlockBackend, E>(
     device: &RemapDevice<M, S>,
     blocks: &BlockList,
     zero_unreadable: bool,
     paths: Paths<'_>,
-    report: &mut dyn FnMut(&Outcome) -> Result<(), CliError>,
-) -> Result<Summary, CliError> {
+    report: &mut dyn FnMut(&Outcome) -> Result<(), E>,
+) -> Result<Summary, E> {
     let mut summary = Summary {
         requested: blocks.len(),
         ..Summary::default()
@@ -168,12 +245,12 @@ pub fn map_blocks<M: BlockBackend, S: BlockBackend>(
 
 /// Move every block of `blocks` back to main: copy, flush, read back and compare, then free
 /// its spare block. A block whose main location still fails stays on its spare.
-pub fn unmap_blocks<M: BlockBackend, S: BlockBackend>(
+pub fn unmap_blocks<M: BlockBackend, S: BlockBackend, E>(
     device: &RemapDevice<M, S>,
     blocks: &BlockList,
     paths: Paths<'_>,
-    report: &mut dyn FnMut(&Outcome) -> Result<(), CliError>,
-) -> Result<Summary, CliError> {
+    report: &mut dyn FnMut(&Outcome) -> Result<(), E>,
+) -> Result<Summary, E> {
     let mut summary = Summary {
         requested: blocks.len(),
         ..Summary::default()
@@ -196,33 +273,33 @@ pub fn unmap_blocks<M: BlockBackend, S: BlockBackend>(
     Ok(summary)
 }
 
-/// End a `map` or `unmap`: if anything moved, flush both devices and checkpoint (a clean
+/// End a map or unmap run: if anything moved, flush both devices and checkpoint (a clean
 /// shutdown); if nothing moved, write nothing, so a refused command leaves both devices as
 /// they were. Then turn the summary into the command's result.
 pub fn finish<M: BlockBackend, S: BlockBackend>(
     device: &RemapDevice<M, S>,
     summary: Summary,
     paths: Paths<'_>,
-) -> Result<(), CliError> {
+) -> Result<(), TransferError> {
     if summary.changed > 0
         && let Err(source) = device.shutdown()
     {
-        let shutdown = CliError::Shutdown {
+        let shutdown = TransferError::Shutdown {
             path: paths.spare.to_path_buf(),
             source,
         };
         // The error that stopped the loop explains more than the failed shutdown.
         if let Some(first) = summary.stopped_by {
             tracing::error!(error = %shutdown, "clean shutdown failed too");
-            return Err(first);
+            return Err(TransferError::Stopped(first));
         }
         return Err(shutdown);
     }
     if let Some(e) = summary.stopped_by {
-        return Err(e);
+        return Err(TransferError::Stopped(e));
     }
     if summary.failed > 0 {
-        return Err(CliError::BlocksFailed {
+        return Err(TransferError::BlocksFailed {
             path: paths.main.to_path_buf(),
             failed: summary.failed,
             requested: summary.requested,
@@ -231,10 +308,18 @@ pub fn finish<M: BlockBackend, S: BlockBackend>(
     Ok(())
 }
 
-/// One line of totals for the end of the report.
-pub fn totals(summary: &Summary) -> String {
-    format!(
-        "{} moved, {} already in place, {} failed, of {} requested",
-        summary.changed, summary.unchanged, summary.failed, summary.requested
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_block_prefix_is_not_repeated() {
+        let e = BlockError {
+            path: "/m".into(),
+            lba: 7,
+            source: DeviceError::Pending { lba: 7 },
+        };
+        let text = e.to_string();
+        assert_eq!(text.matches("block 7").count(), 1, "{text}");
+    }
 }

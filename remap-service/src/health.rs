@@ -4,27 +4,25 @@
 //!
 //! Built two ways, with the same shape:
 //!
-//! - **live** (`remap serve`, asked through the control socket): rates over the sliding
+//! - **live** (a served device, [`crate::live::Live::health`]): rates over the sliding
 //!   minute/hour/day windows that the server feeds with the counters every second;
-//! - **offline** (`remap health MAIN SPARE`): lifetime counters from the last checkpoint,
+//! - **offline** (a pair at rest, [`at_rest`]): lifetime counters from the last checkpoint,
 //!   and remaps and pending marks per window taken from the timestamps of the table entries.
 //!
 //! The state is remap's own verdict ([`remap_core::health::evaluate`] on the lifetime
 //! counters, as `remap status` shows it), raised by the SMART verdict when SMART data is
-//! given. The exhaustion projection is [`remap_core::predict::project_exhaustion`] over the
+//! given. The exhaustion projection is [`crate::predict::project_exhaustion`] over the
 //! remap times of the remapped entries.
 
-use std::io::Write;
-
+use crate::predict::{NoProjection, project_exhaustion};
+use crate::window::{Counts, HealthWindows};
 use remap_core::health::HealthReasons;
-use remap_core::predict::{NoProjection, project_exhaustion};
-use remap_core::window::{Counts, HealthWindows};
 use remap_core::{Entry, HealthReport, HealthState, HealthThresholds, StatsSnapshot};
+use remap_meta::{Recovered, counters};
 use serde::{Deserialize, Serialize};
 
-use crate::error::CliError;
 use crate::smart::{SmartReading, SmartReason};
-use crate::units;
+use crate::time::utc;
 
 /// remap's own verdict, as `remap status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,7 +214,7 @@ pub fn projection(
     let at = |seconds: f64| -> Option<String> {
         (0.0..1e12)
             .contains(&seconds)
-            .then(|| units::utc(now_s.saturating_add(seconds as u64)))
+            .then(|| utc(now_s.saturating_add(seconds as u64)))
     };
     Ok(ProjectionView {
         blocks_per_day: p.blocks_per_day,
@@ -402,147 +400,43 @@ pub fn fold_smart(view: &mut HealthView, readings: &[SmartReading]) {
     });
 }
 
-/// A duration in the largest unit that keeps it readable.
-fn duration(seconds: f64) -> String {
-    if seconds >= 2.0 * 86_400.0 {
-        format!("{:.1} days", seconds / 86_400.0)
-    } else if seconds >= 2.0 * 3_600.0 {
-        format!("{:.1} hours", seconds / 3_600.0)
-    } else if seconds >= 120.0 {
-        format!("{:.1} minutes", seconds / 60.0)
-    } else {
-        format!("{seconds:.0} seconds")
-    }
+/// The counters as a live device would report them: the lifetime counts from the spare
+/// plus the gauges that describe the table and pool. Health is judged from this, so a pair
+/// at rest shows the same verdict it had while running.
+pub fn snapshot(rec: &Recovered) -> StatsSnapshot {
+    let mut s = counters::to_snapshot(&rec.counters);
+    s.pending_blocks = rec.table.pending_count() as u64;
+    s.remapped_blocks = rec.table.remapped_count() as u64;
+    s.spares_total = rec.spares.pool_blocks();
+    s.spares_used = rec.spares.used_count();
+    s.spares_retired = rec.spares.retired_count();
+    s
 }
 
-/// Words of `text` in lines of at most `width` characters (longer words alone).
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
-    for word in text.split_whitespace() {
-        match lines.last_mut() {
-            Some(l) if l.len() + 1 + word.len() <= width => {
-                l.push(' ');
-                l.push_str(word);
-            }
-            _ => lines.push(word.to_string()),
-        }
-    }
-    lines
-}
-
-fn opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
-/// The human form.
-pub fn print_human(v: &HealthView, out: &mut dyn Write) -> Result<(), CliError> {
-    writeln!(out, "health      {}", v.state)?;
-    if v.reasons.is_empty() {
-        writeln!(out, "  no reason for concern")?;
-    }
-    for r in &v.reasons {
-        let source = match (r.source, r.attribute) {
-            (Source::Remap, _) => "remap".to_string(),
-            (Source::Smart, Some(id)) => format!("smart {id}"),
-            (Source::Smart, None) => "smart".to_string(),
-        };
-        writeln!(out, "  {:<9} {:<8}  {}", source, r.state, r.message)?;
-    }
-    if let Some(s) = &v.smart {
-        let drive = match (&s.model, &s.serial) {
-            (Some(m), Some(n)) => format!("{m}, serial {n}"),
-            (Some(m), None) => m.clone(),
-            (None, Some(n)) => format!("serial {n}"),
-            (None, None) => "the drive".to_string(),
-        };
-        let driven = if s.driving_attributes.is_empty() {
-            String::new()
-        } else {
-            let ids: Vec<String> = s.driving_attributes.iter().map(u32::to_string).collect();
-            format!(", driven by attribute(s) {}", ids.join(", "))
-        };
-        writeln!(
-            out,
-            "smart       {}: {}{} ({} reading(s))",
-            drive, s.state, driven, s.readings
-        )?;
-    }
-    writeln!(
-        out,
-        "spares      {} total, {} used, {} retired, {} free ({} % consumed)",
-        v.spares.total, v.spares.used, v.spares.retired, v.spares.free, v.spares.used_pct
-    )?;
-    match (&v.projection, &v.no_projection) {
-        (Some(p), _) => {
-            let high = p
-                .seconds_left_high
-                .map_or_else(|| "no upper bound".to_string(), duration);
-            writeln!(
-                out,
-                "projection  spare pool exhausted in about {} (between {} and {}, ±2σ){}",
-                duration(p.seconds_left),
-                duration(p.seconds_left_low),
-                high,
-                p.exhausted_at
-                    .as_ref()
-                    .map_or_else(String::new, |at| format!(", around {at}"))
-            )?;
-            writeln!(
-                out,
-                "            at {:.2} spare blocks a day, fitted over {} remaps",
-                p.blocks_per_day, p.samples
-            )?;
-        }
-        (None, Some(why)) => writeln!(out, "projection  none: {why}")?,
-        (None, None) => writeln!(out, "projection  none")?,
-    }
-    for (i, line) in wrap(&v.rates.basis, 76).iter().enumerate() {
-        writeln!(
-            out,
-            "{}{line}",
-            if i == 0 {
-                "rates       "
-            } else {
-                "            "
-            }
-        )?;
-    }
-    writeln!(
-        out,
-        "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
-        "", "I/Os", "errors", "ppm", "remaps", "pending"
-    )?;
-    for w in &v.rates.windows {
-        writeln!(
-            out,
-            "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
-            format!("last {}", w.name),
-            opt(w.ios),
-            opt(w.errors),
-            opt(w.error_rate_ppm),
-            w.remaps,
-            w.pending_marked
-        )?;
-    }
-    let l = &v.rates.lifetime;
-    writeln!(
-        out,
-        "            {:<12} {:>12} {:>8} {:>10} {:>8} {:>8}",
-        "lifetime", l.ios, l.errors, l.error_rate_ppm, l.remaps, l.pending_marked
-    )?;
-    let t = &v.thresholds;
-    writeln!(
-        out,
-        "thresholds  error rate {}/{} ppm (after {} I/Os), spare use {}/{} %, pending {}/{} (degraded/critical)",
-        t.error_rate_degraded_ppm,
-        t.error_rate_critical_ppm,
-        t.min_ios_for_rate,
-        t.spare_used_degraded_pct,
-        t.spare_used_critical_pct,
-        t.pending_degraded,
-        t.pending_critical
-    )?;
-    Ok(())
+/// The report of a pair at rest, from what recovery read off its spare, at `now_s`.
+pub fn at_rest(rec: &Recovered, now_s: u64) -> HealthView {
+    let stats = snapshot(rec);
+    let thresholds = rec.superblock.thresholds;
+    let report = remap_core::health::evaluate(
+        &remap_core::health::HealthInputs::from_snapshot(&stats),
+        &thresholds,
+    );
+    let marks: Vec<Mark> = rec.table.iter().map(|(_, e)| Mark::from(&e)).collect();
+    let times: Vec<u64> = marks
+        .iter()
+        .filter(|m| m.remapped)
+        .map(|m| m.time_s)
+        .collect();
+    offline(
+        Inputs {
+            stats: &stats,
+            report: &report,
+            thresholds: &thresholds,
+            projection: projection(&times, &stats, now_s),
+        },
+        &marks,
+        now_s,
+    )
 }
 
 #[cfg(test)]

@@ -1,17 +1,16 @@
-//! `map` and `unmap` against a main device that really fails, which files on a healthy disk
-//! cannot do: the same loop the binary runs (`cmd::transfer`), over `remap-core`'s
+//! Moving blocks (map and unmap) against a main device that really fails, which files on a
+//! healthy disk cannot do: the service's loop (`transfer`), over `remap-core`'s
 //! `FaultyBackend` and the real on-disk format in memory.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use remap_cli::blocks::{BlockList, BlockRange};
-use remap_cli::cmd::transfer::{self, Outcome, Paths, Summary};
-use remap_cli::error::{CliError, EXIT_FAILED};
+use remap_core::backend::FaultyBackend;
 use remap_core::clock::ManualClock;
-use remap_core::testing::FaultyBackend;
 use remap_core::{BlockBackend, DeviceError, MemBackend, RemapDevice};
 use remap_meta::{CreateOptions, DeviceIdentity};
+use remap_service::blocks::{BlockList, BlockRange};
+use remap_service::transfer::{self, BlockError, Outcome, Paths, Summary, TransferError};
 
 const BS: usize = 4096;
 const MAIN: usize = 1 << 20;
@@ -67,12 +66,12 @@ fn list(s: &[&str]) -> BlockList {
     BlockList::new(&ranges)
 }
 
-/// Run `map` the way the binary does, keeping the per-block outcomes.
+/// Run a map the way the frontends do, keeping the per-block outcomes.
 fn map(r: &Rig, blocks: &[&str], zero: bool) -> (Summary, Vec<Outcome>) {
     let mut seen = Vec::new();
     let summary = transfer::map_blocks(&r.device, &list(blocks), zero, paths(), &mut |o| {
         seen.push(describe(o));
-        Ok(())
+        Ok::<(), std::convert::Infallible>(())
     })
     .unwrap();
     (summary, seen)
@@ -82,7 +81,7 @@ fn unmap(r: &Rig, blocks: &[&str]) -> (Summary, Vec<Outcome>) {
     let mut seen = Vec::new();
     let summary = transfer::unmap_blocks(&r.device, &list(blocks), paths(), &mut |o| {
         seen.push(describe(o));
-        Ok(())
+        Ok::<(), std::convert::Infallible>(())
     })
     .unwrap();
     (summary, seen)
@@ -105,15 +104,33 @@ fn describe(o: &Outcome) -> Outcome {
             spare: *spare,
         },
         Outcome::AlreadyOnMain { lba } => Outcome::AlreadyOnMain { lba: *lba },
-        Outcome::Failed(e) => Outcome::Failed(CliError::Usage {
-            message: e.to_string(),
+        Outcome::Failed(e) => Outcome::Failed(BlockError {
+            path: e.path.clone(),
+            lba: e.lba,
+            source: copy_error(&e.source),
         }),
     }
 }
 
-fn failure_text(o: &Outcome) -> &str {
+/// The engine errors these tests meet, copied (`DeviceError` is not `Clone`).
+fn copy_error(e: &DeviceError) -> DeviceError {
+    match e {
+        DeviceError::Unreadable { lba, reason } => DeviceError::Unreadable {
+            lba: *lba,
+            reason: reason.clone(),
+        },
+        DeviceError::MainStillFailing { lba, reason } => DeviceError::MainStillFailing {
+            lba: *lba,
+            reason: reason.clone(),
+        },
+        DeviceError::Pending { lba } => DeviceError::Pending { lba: *lba },
+        other => panic!("a failure these tests do not expect: {other}"),
+    }
+}
+
+fn failure_text(o: &Outcome) -> String {
     match o {
-        Outcome::Failed(CliError::Usage { message }) => message,
+        Outcome::Failed(e) => e.to_string(),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -138,9 +155,16 @@ fn an_unreadable_block_is_refused_and_changes_nothing() {
         text.starts_with("/dev/main: block 2: cannot be read on the main device"),
         "{text}"
     );
-    assert!(text.contains("--zero-unreadable"), "{text}");
+    // The library names no command-line option; the `remap` binary adds its own hint.
+    assert!(
+        text.contains("unless zeroes may take the place of its data"),
+        "{text}"
+    );
     let err = transfer::finish(&r.device, summary, paths()).unwrap_err();
-    assert_eq!(err.exit_code(), EXIT_FAILED);
+    assert!(
+        matches!(err, TransferError::BlocksFailed { failed: 1, .. }),
+        "{err}"
+    );
     assert!(r.device.entry(2).is_none());
     assert_eq!(
         r.spare.to_vec(),
@@ -215,7 +239,10 @@ fn unmap_refuses_while_main_still_fails_and_changes_nothing() {
             "{text}"
         );
         let err = transfer::finish(&r.device, summary, paths()).unwrap_err();
-        assert_eq!(err.exit_code(), EXIT_FAILED);
+        assert!(
+            matches!(err, TransferError::BlocksFailed { failed: 1, .. }),
+            "{err}"
+        );
         assert_eq!(r.device.entry(5).and_then(|e| e.spare), Some(spare_of_5));
         assert_eq!(r.spare.to_vec(), spare_before, "{fail}: spare untouched");
     }
@@ -253,13 +280,13 @@ fn an_exhausted_pool_stops_the_loop_and_keeps_what_moved() {
     let mut seen = 0;
     let summary = transfer::map_blocks(&r.device, &list(&["1-5"]), false, paths(), &mut |_| {
         seen += 1;
-        Ok(())
+        Ok::<(), std::convert::Infallible>(())
     })
     .unwrap();
     assert_eq!(seen, 2, "blocks 1 and 2 reported, then the loop stopped");
     assert_eq!(summary.changed, 2);
     match &summary.stopped_by {
-        Some(CliError::Block {
+        Some(BlockError {
             path,
             lba: 3,
             source: DeviceError::SpareExhausted { .. },

@@ -1,13 +1,12 @@
 //! Rates over sliding windows: errors, I/Os, remaps and pending marks in the last minute,
 //! hour and day. A [`RateWindow`] is a ring of fixed intervals fed with counter totals at
 //! any cadence; each observation adds the growth since the previous one to the current
-//! interval. Integer arithmetic only, no allocation: the kernel target can keep them too.
+//! interval. Integer arithmetic only, no allocation.
 
-use crate::stats::StatsSnapshot;
+use remap_core::StatsSnapshot;
 
 /// The counts a window keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "std", derive(serde::Serialize))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub ios: u64,
     pub errors: u64,

@@ -1,0 +1,42 @@
+//! `remap-service`: the operator service of a remapped device pair, as a library.
+//!
+//! Everything an operator does to a pair, and everything a running server offers beside its
+//! NBD export, without argument parsing or printing (the `remap` binary in `remap-cli` is
+//! one frontend of it; an embedding program is another, see `examples/embed.rs`):
+//!
+//! - [`devices`]: opening and locking a pair ([`devices::Pair`]), formatting a blank spare;
+//! - [`blocks`]: block lists; [`transfer`]: moving blocks to the spare and back;
+//! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
+//! - [`settings`]: health thresholds and read retries, persisted;
+//! - [`status`], [`health`], [`smart`], [`predict`], [`window`]: the status figures, the
+//!   health report with its reasons, SMART folding, the exhaustion projection and the
+//!   minute/hour/day rates;
+//! - [`live`]: the running service ([`live::Live`]), generic over the device's backends;
+//! - [`control`]: the control protocol, its server and its client; [`metrics`]: the
+//!   Prometheus endpoint;
+//! - [`serve()`]: a pair served over NBD with all of the above, as a stoppable handle;
+//! - [`time`]: times as the reports carry them.
+//!
+//! Errors are one enum per area, each message naming the device it is about.
+#![forbid(unsafe_code)]
+
+pub mod blocks;
+pub mod control;
+pub mod devices;
+pub mod health;
+pub mod live;
+pub mod metrics;
+pub mod predict;
+pub mod scrub;
+pub mod serve;
+pub mod settings;
+pub mod smart;
+pub mod status;
+pub mod throttle;
+pub mod time;
+pub mod transfer;
+pub mod window;
+
+pub use devices::{Access, Pair, PairError};
+pub use live::Live;
+pub use serve::{FaultPlan, ServeConfig, ServeError, ServeSummary, Serving, Stopper, serve};
