@@ -39,4 +39,6 @@ pub mod window;
 
 pub use devices::{Access, Pair, PairError};
 pub use live::Live;
-pub use serve::{FaultPlan, ServeConfig, ServeError, ServeSummary, Serving, Stopper, serve};
+pub use serve::{
+    FaultPlan, ListenAddr, ServeConfig, ServeError, ServeSummary, Serving, Stopper, serve,
+};

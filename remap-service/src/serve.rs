@@ -14,7 +14,10 @@ use std::thread::JoinHandle;
 use remap_core::backend::FaultyBackend;
 use remap_core::backend::faulty::InjectedFaults;
 use remap_core::{BlockBackend, BlockSize, DeviceError, FileBackend, StatsSnapshot};
-use remap_nbd::{BlockStateSource, ListenAddr, Server, ServerConfig, ServerError, ShutdownHandle};
+use remap_nbd::{BlockStateSource, Server, ServerConfig, ServerError, ShutdownHandle};
+
+/// Where to listen (re-exported so that an embedder needs no `remap-nbd` dependency).
+pub use remap_nbd::ListenAddr;
 
 use crate::blocks::{BlockList, OutOfRange};
 use crate::control::{ControlError, ControlServer};
