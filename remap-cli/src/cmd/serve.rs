@@ -18,11 +18,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use remap_nbd::ListenAddr;
 use remap_service::blocks::{BlockList, BlockRange};
 use remap_service::devices::{Access, Pair};
 use remap_service::serve::MAX_FAULT_BLOCKS;
-use remap_service::{FaultPlan, ServeConfig, ServeSummary, Serving};
+use remap_service::{FaultPlan, ListenAddr, ServeConfig, ServeSummary, Serving};
 
 use crate::error::CliError;
 
