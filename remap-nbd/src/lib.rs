@@ -38,6 +38,7 @@
 
 mod admission;
 pub mod block_status;
+mod buffers;
 pub mod error;
 mod export;
 mod handshake;

@@ -33,6 +33,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 use crate::admission::{Slots, Waiting, WaitingPool};
 use crate::block_status::BlockStateSource;
+use crate::buffers::BufferPool;
 use crate::error::{HandshakeError, ServerError};
 use crate::export::{BlockSizes, Export, check_wire_string};
 use crate::handshake;
@@ -200,6 +201,8 @@ struct Shared {
     slots: Mutex<Slots>,
     gone: Condvar,
     refusals: RefusalLog,
+    /// Worker buffers kept between connections.
+    buffers: Arc<BufferPool>,
     totals: Totals,
 }
 
@@ -376,6 +379,7 @@ impl Server {
                 slots: Mutex::new(Slots::default()),
                 gone: Condvar::new(),
                 refusals: RefusalLog::new(config.refusal_log_interval),
+                buffers: Arc::default(),
                 totals: Totals::default(),
             }),
             listeners,
@@ -741,6 +745,7 @@ fn serve_requests(
         socket,
         reader,
         shared.stopping.clone(),
+        shared.buffers.clone(),
     ));
     let end = conn.serve();
     let c = &conn.counters;
