@@ -529,7 +529,8 @@ fn a_held_flood_of_idle_and_oversize_negotiations_starves_no_one() {
         assert!(c.closed_by_server(), "an oversize option was not closed");
     }
 
-    // Bounded while the flood is held: no thread per idle connection, little memory.
+    // Bounded while the flood is held: no thread per idle connection (at most one per
+    // negotiating slot, plus a few for the client still connected), little memory.
     let (threads_during, rss_during) = (threads(pid), rss_bytes(pid));
     eprintln!(
         "flood of {} connections held: threads {threads_before} -> {threads_during}, \
@@ -540,7 +541,7 @@ fn a_held_flood_of_idle_and_oversize_negotiations_starves_no_one() {
     );
     let max_negotiating = remap_nbd::ServerConfig::default().max_negotiating as u64;
     assert!(
-        threads_during <= threads_before + max_negotiating + 2,
+        threads_during <= threads_before + max_negotiating + 4,
         "threads grew from {threads_before} to {threads_during} under the flood"
     );
     assert!(
