@@ -66,26 +66,34 @@ impl WaitingPool {
         self.queue.drain(..n).collect()
     }
 
-    /// Poll entries for every waiting socket, in pool order.
+    /// Poll entries for every waiting socket, in pool order: readable, or hung up.
     pub fn poll_fds(&self) -> impl Iterator<Item = PollFd<'_>> {
         self.queue
             .iter()
-            .map(|w| PollFd::from_borrowed_fd(w.socket.as_fd(), PollFlags::IN))
+            .map(|w| PollFd::from_borrowed_fd(w.socket.as_fd(), PollFlags::IN | PollFlags::RDHUP))
     }
 
-    /// Remove the connections whose `ready[i]` (in pool order) is set.
-    pub fn take_ready(&mut self, ready: &[bool]) -> Vec<Waiting> {
-        let mut taken = Vec::new();
+    /// Remove the connections with events (`revents[i]`, in pool order): those whose client
+    /// spoke, and those whose client hung up or failed (a client never closes its side before
+    /// it has negotiated), returned apart.
+    pub fn take_ready(&mut self, revents: &[PollFlags]) -> (Vec<Waiting>, Vec<Waiting>) {
+        let (mut spoke, mut gone) = (Vec::new(), Vec::new());
         let all = std::mem::take(&mut self.queue);
-        let flags = ready.iter().copied().chain(std::iter::repeat(false));
-        for (w, r) in all.into_iter().zip(flags) {
-            if r {
-                taken.push(w);
+        let events = revents
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(PollFlags::empty()));
+        let hung_up = PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL;
+        for (w, e) in all.into_iter().zip(events) {
+            if e.intersects(hung_up) {
+                gone.push(w);
+            } else if !e.is_empty() {
+                spoke.push(w);
             } else {
                 self.queue.push(w);
             }
         }
-        taken
+        (spoke, gone)
     }
 }
 

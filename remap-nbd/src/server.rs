@@ -513,7 +513,7 @@ impl Server {
                     tv_nsec: 0,
                 })
             });
-            let (listeners_ready, waiting_ready): (Vec<bool>, Vec<bool>) = {
+            let (listeners_ready, waiting_events): (Vec<bool>, Vec<PollFlags>) = {
                 let mut fds: Vec<PollFd<'_>> = self
                     .listeners
                     .iter()
@@ -526,14 +526,26 @@ impl Server {
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => return Err(ServerError::Poll(e.into())),
                 }
-                let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
                 let n = self.listeners.len();
-                (ready[..n].to_vec(), ready[n + 1..].to_vec())
+                let listeners = fds[..n].iter().map(|f| !f.revents().is_empty()).collect();
+                (
+                    listeners,
+                    fds[n + 1..].iter().map(PollFd::revents).collect(),
+                )
             };
             if self.wake.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            for w in waiting.take_ready(&waiting_ready) {
+            let (spoke, gone) = waiting.take_ready(&waiting_events);
+            for w in gone {
+                tracing::debug!(
+                    conn = w.id,
+                    peer = w.peer,
+                    "closed by the client before negotiating"
+                );
+                self.shared.refusals.note(Refusal::Left);
+            }
+            for w in spoke {
                 self.start_negotiating(w, threads);
             }
             let ready = self.listeners.iter().zip(listeners_ready);
