@@ -40,5 +40,6 @@ pub mod window;
 pub use devices::{Access, Pair, PairError};
 pub use live::Live;
 pub use serve::{
-    FaultPlan, ListenAddr, ServeConfig, ServeError, ServeSummary, Serving, Stopper, serve,
+    ConnectionLimits, FaultPlan, ListenAddr, ServeConfig, ServeError, ServeSummary, Serving,
+    Stopper, serve,
 };
