@@ -226,12 +226,13 @@ pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaE
     }
     let mut io = BackendIo(spare);
     let copies = read_superblocks(&mut io)?;
-    let Ok((_, good)) = choose_superblock(&copies) else {
+    let Ok((used, good)) = choose_superblock(&copies) else {
         return Err(MetaError::Unrepairable("no valid superblock".into()));
     };
     let mut rewritten = Vec::new();
     if copies.iter().any(|c| c.as_ref().ok() != Some(&good)) {
-        write_superblocks(&mut io, &good).map_err(MetaError::from_commit)?;
+        // The copy in use is written last: the stale ones first, then a flush.
+        write_superblocks(&mut io, &good, used).map_err(MetaError::from_commit)?;
         for (c, region) in copies
             .iter()
             .zip([Region::SuperblockA, Region::SuperblockB])

@@ -132,7 +132,7 @@ pub fn create<S: BlockBackend + ?Sized>(
     io.write(geometry.journal_block_offset(1, 0), &zero)?;
     checkpoint::write(&mut io, &sb, 0, 1, 1, &view).map_err(MetaError::from_commit)?;
     io.flush()?;
-    write_superblocks(&mut io, &sb).map_err(MetaError::from_commit)?;
+    write_superblocks(&mut io, &sb, Region::SuperblockA).map_err(MetaError::from_commit)?;
     // Pair assertion: the device must now open to exactly this, empty.
     let back = crate::recovery::recover(&mut io, spare_size)?;
     if back.superblock != sb || !back.table.is_empty() {

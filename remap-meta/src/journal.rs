@@ -277,6 +277,9 @@ pub enum CommitOutcome {
 #[derive(Debug, Clone)]
 pub struct Journal {
     sb: Superblock,
+    /// The superblock copy known to be durable, valid and to describe the current state:
+    /// the one recovery chose. Every update writes it last (docs/format.md, "Superblock").
+    trusted: Region,
     next_sequence: u64,
     head: u32,
     live: u32,
@@ -285,15 +288,22 @@ pub struct Journal {
 
 impl Journal {
     /// A journal continuing after recovery: `next_sequence` and `head` follow the last
-    /// complete commit, `live` blocks have been written since the checkpoint.
-    pub fn new(sb: Superblock, next_sequence: u64, head: u32, live: u32) -> Self {
+    /// complete commit, `live` blocks have been written since the checkpoint, and `trusted`
+    /// is the superblock copy recovery read `sb` from.
+    pub fn new(sb: Superblock, trusted: Region, next_sequence: u64, head: u32, live: u32) -> Self {
         Journal {
             sb,
+            trusted,
             next_sequence,
             head,
             live,
             failed: false,
         }
+    }
+
+    /// The superblock copy every update writes last.
+    pub fn trusted_copy(&self) -> Region {
+        self.trusted
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -448,7 +458,7 @@ impl Journal {
         let mut sb = self.sb;
         change(&mut sb);
         sb.sequence = self.sb.sequence + 1;
-        let r = write_superblocks(io, &sb);
+        let r = write_superblocks(io, &sb, self.trusted);
         self.guard(r)?;
         self.sb = sb;
         Ok(())
@@ -469,11 +479,17 @@ pub(crate) fn heap_block(
     })
 }
 
-/// Write both superblock copies: A, flush, B, flush. A crash at any point leaves at least
-/// one copy that describes a complete state.
+/// Write every superblock copy: first every copy but `last`, then a flush, then `last`,
+/// then a flush. `last` must be the copy that is durable and describes the current state
+/// (the one recovery chose), so that at every instant one valid copy describes a complete
+/// state, even when the copies disagreed after an earlier crash: a copy that is stale (its
+/// checkpoint area may be the very one just overwritten) is never the only valid copy left.
+/// The copies written first need no flush between them: while they are in flight, `last`
+/// still holds the old, complete state.
 pub fn write_superblocks<I: MetaIo>(
     io: &mut I,
     sb: &Superblock,
+    last: Region,
 ) -> Result<(), CommitError<I::Error>>
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
@@ -481,10 +497,14 @@ where
     // On the heap: the kernel target runs this on a 16 KiB stack.
     let mut buf = alloc::vec![0u8; META_BLOCK];
     let bytes = heap_block(&mut buf, Region::SuperblockA)?;
-    for (offset, region) in [
-        (crate::layout::SUPERBLOCK_A, Region::SuperblockA),
-        (crate::layout::SUPERBLOCK_B, Region::SuperblockB),
-    ] {
+    let copies = crate::layout::superblock_copies(&sb.geometry);
+    for (offset, region) in copies.iter().copied().filter(|&(_, r)| r != last) {
+        sb.encode_into(region, bytes)?;
+        io.write(offset, &bytes[..])
+            .map_err(|source| CommitError::Write { offset, source })?;
+    }
+    io.flush().map_err(CommitError::Flush)?;
+    for (offset, region) in copies.iter().copied().filter(|&(_, r)| r == last) {
         sb.encode_into(region, bytes)?;
         io.write(offset, &bytes[..])
             .map_err(|source| CommitError::Write { offset, source })?;

@@ -32,6 +32,15 @@ pub const MAX_POOL_BLOCKS: u64 = u32::MAX as u64 - 1;
 
 const META: u64 = META_BLOCK as u64;
 
+/// Where each superblock copy lies, in the order an update writes them (the trusted copy
+/// is then moved last; see [`crate::journal::write_superblocks`]).
+pub fn superblock_copies(_geometry: &Geometry) -> [(u64, Region); 2] {
+    [
+        (SUPERBLOCK_A, Region::SuperblockA),
+        (SUPERBLOCK_B, Region::SuperblockB),
+    ]
+}
+
 fn align_up(x: u64, to: u64) -> Option<u64> {
     x.checked_add(to - 1).map(|v| v / to * to)
 }

@@ -143,14 +143,31 @@ where
 
 /// Pick the copy to trust: the valid one with the highest sequence (A on a tie).
 pub fn choose_superblock(
-    copies: &[Result<Superblock, FormatError>; 2],
+    copies: &[Result<Superblock, FormatError>],
 ) -> Result<(Region, Superblock), (FormatError, FormatError)> {
-    match copies {
-        [Ok(a), Ok(b)] if b.sequence > a.sequence => Ok((Region::SuperblockB, *b)),
-        [Ok(a), _] => Ok((Region::SuperblockA, *a)),
-        [Err(_), Ok(b)] => Ok((Region::SuperblockB, *b)),
-        [Err(a), Err(b)] => Err((a.clone(), b.clone())),
+    let mut best: Option<Superblock> = None;
+    for sb in copies.iter().flatten() {
+        if best.is_none_or(|b| sb.sequence > b.sequence) {
+            best = Some(*sb);
+        }
     }
+    let region = |i: usize| match i {
+        0 => Region::SuperblockA,
+        _ => Region::SuperblockB,
+    };
+    if let Some(b) = best {
+        // The first copy holding it (A on a tie).
+        let i = copies
+            .iter()
+            .position(|c| c.as_ref().ok() == Some(&b))
+            .unwrap_or(0);
+        return Ok((region(i), b));
+    }
+    let err = |i: usize| match copies.get(i) {
+        Some(Err(e)) => e.clone(),
+        _ => FormatError::BadMagic { region: region(i) },
+    };
+    Err((err(0), err(1)))
 }
 
 /// Recover the state of the spare device behind `io`, whose current size is `device_size`.
@@ -269,7 +286,7 @@ where
         table,
         spares,
         counters: loaded.header.counters,
-        journal: Journal::new(sb, next_sequence, head, live),
+        journal: Journal::new(sb, used, next_sequence, head, live),
         report,
     })
 }
