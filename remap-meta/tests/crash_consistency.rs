@@ -303,7 +303,22 @@ fn expectation(ops: &[Op], p: usize) -> Expectation {
     }
 }
 
-fn check(image: Vec<u8>, exp: &Expectation, what: &str) {
+/// A block whose state and data a first recovery showed: a second crash must keep both.
+struct Fixed {
+    lba: u64,
+    state: State,
+    data: Option<Vec<u8>>,
+}
+
+fn state_of(table: &remap_core::RemapTable, lba: u64) -> State {
+    match table.get(lba) {
+        None => State::Absent,
+        Some(e) if e.is_remapped() => State::Remapped,
+        Some(_) => State::Pending,
+    }
+}
+
+fn check(image: Vec<u8>, exp: &Expectation, fixed: &[Fixed], what: &str) {
     let spare = Arc::new(MemBackend::from_vec(image));
     let rec = inspect(&*spare).unwrap_or_else(|e| panic!("{what}: recovery failed: {e}"));
     rec.table.check_invariants().unwrap();
@@ -331,12 +346,26 @@ fn check(image: Vec<u8>, exp: &Expectation, what: &str) {
     let dev = open(main, spare.clone(), &DeviceIdentity::NONE, clock)
         .unwrap()
         .device;
+    for f in fixed {
+        let state = state_of(&rec.table, f.lba);
+        assert_eq!(
+            state, f.state,
+            "{what}: block {} was {:?} after the first recovery",
+            f.lba, f.state
+        );
+        if let Some(data) = &f.data {
+            let mut buf = vec![0u8; BS];
+            dev.read(f.lba * BS as u64, &mut buf)
+                .unwrap_or_else(|e| panic!("{what}: block {}: {e}", f.lba));
+            assert!(
+                buf == *data,
+                "{what}: block {} data differs from what the first recovery read",
+                f.lba
+            );
+        }
+    }
     for (lba, allowed, tags) in &exp.blocks {
-        let state = match rec.table.get(*lba) {
-            None => State::Absent,
-            Some(e) if e.is_remapped() => State::Remapped,
-            Some(_) => State::Pending,
-        };
+        let state = state_of(&rec.table, *lba);
         assert!(
             allowed.contains(&key(state)),
             "{what}: block {lba} is {state:?}, allowed {allowed:?}"
@@ -407,6 +436,7 @@ fn every_crash_point_recovers_every_acknowledged_change() {
                 check(
                     image,
                     &exp,
+                    &[],
                     &format!("crash point {p}/{points}, outcome {combo}"),
                 );
                 states_checked += 1;
@@ -419,6 +449,7 @@ fn every_crash_point_recovers_every_acknowledged_change() {
                 check(
                     image,
                     &exp,
+                    &[],
                     &format!("crash point {p}/{points}, sample {s}"),
                 );
                 states_checked += 1;
@@ -435,7 +466,10 @@ fn every_crash_point_recovers_every_acknowledged_change() {
 /// Open `image` as the spare of a fresh device pair (main contents do not matter: the blocks
 /// checked are remapped).
 fn open_image(image: Vec<u8>) -> (Arc<Spare>, Dev) {
-    let spare = Arc::new(FaultyBackend::new(CrashBackend::from_image(image), BS as u64));
+    let spare = Arc::new(FaultyBackend::new(
+        CrashBackend::from_image(image),
+        BS as u64,
+    ));
     let main = FaultyBackend::new(
         MemBackend::new((MAIN_BLOCKS * BS as u64) as usize),
         BS as u64,
@@ -529,4 +563,154 @@ fn second_power_cut_after_a_lost_superblock_write_keeps_acknowledged_remaps() {
         }
     }
     eprintln!("second power cut: {states} crash states");
+}
+
+/// First-crash outcomes tried at each crash point of the first run: every combination while
+/// there are at most this many unflushed writes, else `DOUBLE_FIRST_SAMPLES` seeded samples.
+const DOUBLE_FIRST_EXHAUSTIVE: usize = 2;
+const DOUBLE_FIRST_SAMPLES: usize = 4;
+/// The same bounds for the second crash, at every crash point of the second run.
+const DOUBLE_SECOND_EXHAUSTIVE: usize = 2;
+const DOUBLE_SECOND_SAMPLES: usize = 4;
+
+/// The images of crash point `p` of `crash`: exhaustive up to `exhaustive` unflushed writes
+/// (4 outcomes each), `samples` seeded samples beyond.
+fn crash_images(
+    crash: &CrashBackend,
+    p: usize,
+    exhaustive: usize,
+    samples: usize,
+    seed: u64,
+) -> Vec<(String, Vec<u8>)> {
+    let n = crash.unflushed_at(p);
+    if n <= exhaustive {
+        (0..4usize.pow(n as u32))
+            .map(|combo| {
+                let mut k = 0;
+                let image = crash.crash_image_at(p, |u| {
+                    let c = (combo / 4usize.pow(k)) % 4;
+                    k += 1;
+                    outcome(c, u, combo as u64)
+                });
+                (format!("outcome {combo}"), image)
+            })
+            .collect()
+    } else {
+        let mut rng = Pcg64Mcg::seed_from_u64(seed ^ p as u64);
+        (0..samples)
+            .map(|s| {
+                let sd: u64 = rng.random();
+                let image = crash.crash_image_at(p, |u| outcome(rng.random_range(0..4), u, sd));
+                (format!("sample {s}"), image)
+            })
+            .collect()
+    }
+}
+
+/// The run after the first recovery: remaps that fill the 4-block ring (so the first
+/// commits after recovery include a checkpoint and superblock updates), an explicit
+/// checkpoint, an unmap and a last remap. Touches only blocks the first run never did.
+fn second_run(w: &mut Workload) {
+    for lba in 100..105 {
+        w.remap_write(lba);
+    }
+    w.run(None, None, false, |d| d.checkpoint().unwrap());
+    w.dev().main().heal([101]);
+    w.run(Some((101, State::Absent)), None, false, |d| {
+        d.unmap_block(101).unwrap()
+    });
+    w.remap_write(105);
+}
+
+/// A crash, recovery, more commits, and a second crash at every point of them.
+///
+/// For every crash point of the first run's history (every write and flush of the
+/// workload above) and a bounded set of outcomes of its unflushed writes, the image is
+/// opened (recovery; it writes nothing, so a crash during recovery leaves this same image),
+/// the state of every block is read, and [`second_run`] runs on it. Then for every crash
+/// point of that second run and a bounded set of outcomes, the image must recover, keep
+/// every block of the first run exactly as the first recovery showed it (state and data),
+/// keep every change acknowledged in the second run, and accept a new commit.
+#[test]
+fn double_crash_every_second_crash_point_after_every_first() {
+    let (w, _) = workload();
+    let crash = w.spare.inner();
+    let points = crash.history_len();
+    let lbas: BTreeSet<u64> = w
+        .ops
+        .iter()
+        .flat_map(|op| {
+            op.lba
+                .map(|(l, _)| l)
+                .into_iter()
+                .chain(op.data.map(|d| d.0))
+        })
+        .collect();
+    let (mut first_states, mut second_states) = (0usize, 0usize);
+    for p1 in 0..=points {
+        for (how1, image1) in crash_images(
+            crash,
+            p1,
+            DOUBLE_FIRST_EXHAUSTIVE,
+            DOUBLE_FIRST_SAMPLES,
+            0xD0_0B1E,
+        ) {
+            first_states += 1;
+            let (spare2, dev2) = open_image(image1);
+            let fixed: Vec<Fixed> = dev2.with_state(|t, _| {
+                lbas.iter()
+                    .map(|&lba| Fixed {
+                        lba,
+                        state: state_of(t, lba),
+                        data: None,
+                    })
+                    .collect()
+            });
+            let fixed: Vec<Fixed> = fixed
+                .into_iter()
+                .map(|mut f| {
+                    if f.state == State::Remapped {
+                        let mut buf = vec![0u8; BS];
+                        dev2.read(f.lba * BS as u64, &mut buf).unwrap();
+                        f.data = Some(buf);
+                    }
+                    f
+                })
+                .collect();
+            let mut w2 = Workload {
+                spare: spare2,
+                main: Some(dev2),
+                ops: Vec::new(),
+                tag: 1000,
+            };
+            second_run(&mut w2);
+            let crash2 = w2.spare.inner();
+            let points2 = crash2.history_len();
+            for p2 in 0..=points2 {
+                let exp = expectation(&w2.ops, p2);
+                for (how2, image2) in crash_images(
+                    crash2,
+                    p2,
+                    DOUBLE_SECOND_EXHAUSTIVE,
+                    DOUBLE_SECOND_SAMPLES,
+                    p1 as u64,
+                ) {
+                    check(
+                        image2,
+                        &exp,
+                        &fixed,
+                        &format!(
+                            "first crash at {p1}/{points} ({how1}), second at {p2}/{points2} ({how2})"
+                        ),
+                    );
+                    second_states += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "double crash: {first_states} first-crash states over {} points, {second_states} second-crash states",
+        points + 1
+    );
+    assert!(second_states > first_states * 10);
 }
