@@ -37,6 +37,8 @@ pub mod io;
 pub mod open;
 #[cfg(feature = "std")]
 pub mod store;
+#[cfg(feature = "std")]
+pub mod upgrade;
 
 pub use error::{FormatError, Region};
 pub use journal::{Journal, StateView};
@@ -50,6 +52,8 @@ pub use check::{CheckReport, RepairReport, check, repair};
 pub use create::{CreateOptions, create};
 #[cfg(feature = "std")]
 pub use open::{MetaError, OpenedDevice, inspect, open};
+#[cfg(feature = "std")]
+pub use upgrade::{UpgradeReport, upgrade};
 
 /// The unit of every metadata write: superblocks, journal blocks, checkpoint pieces.
 pub const META_BLOCK: usize = 4096;

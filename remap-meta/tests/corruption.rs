@@ -163,16 +163,27 @@ fn superblocks_one_at_a_time_and_both() {
             );
         }
     }
+    // Both head copies: the tail copy (format version 2) opens the device.
+    case(&p, "both head superblocks", &[8, 4096 + 8], Outcome::Same);
     case(
         &p,
-        "both superblocks",
-        &[8, 4096 + 8],
-        Outcome::Refused(no_superblock),
-    );
-    case(
-        &p,
-        "both superblocks (crc)",
+        "both head superblocks (crc)",
         &[4095, 8191],
+        Outcome::Same,
+    );
+    let tail = SPARE_BYTES - 4096;
+    for at in [0u64, 20, 4095] {
+        case(
+            &p,
+            &format!("tail superblock byte {at}"),
+            &[tail + at],
+            Outcome::Same,
+        );
+    }
+    case(
+        &p,
+        "all three superblock copies",
+        &[8, 4096 + 8, tail + 8],
         Outcome::Refused(no_superblock),
     );
 }

@@ -35,8 +35,10 @@ fn plan(geometry: &ModelGeometry) -> Geometry {
         Some(geometry.spare_blocks),
     )
     .expect("the model's geometry can be laid out");
+    // ...and the tail superblock copy in its last 4 KiB.
+    let pool_end = probe.pool_offset + probe.pool_blocks * geometry.block_size.bytes_u64();
     Geometry {
-        spare_size: probe.pool_offset + probe.pool_blocks * geometry.block_size.bytes_u64(),
+        spare_size: pool_end.div_ceil(4096) * 4096 + 4096,
         ..probe
     }
 }
