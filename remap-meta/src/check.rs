@@ -220,19 +220,36 @@ fn mirror_damage<S: BlockBackend + ?Sized>(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RepairReport {
     pub rewritten: Vec<Region>,
+    /// When recovery refused the spare: what salvage rebuilt, and what it could not prove.
+    pub salvage: Option<crate::salvage::SalvageReport>,
     pub before: CheckReport,
     pub after: CheckReport,
 }
 
 /// Rewrite bad or outdated superblock copies from the copy recovery uses, and bad copies of
-/// live journal blocks from their good twin, then check again.
-/// Refuses (changing nothing) when the state itself cannot be recovered.
+/// live journal blocks from their good twin, then check again. When recovery refuses the
+/// spare (an unreadable checkpoint, a journal block corrupt in both copies), salvage it
+/// ([`crate::salvage`]): rebuild what the rest of the metadata proves, report what it does
+/// not, and write that as a fresh checkpoint. Refuses (changing nothing) when there is
+/// nothing to rebuild from.
 pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaError> {
     let before = check(spare)?;
     if let Err(why) = &before.recovery {
-        return Err(MetaError::Unrepairable(format!(
-            "{why}; repair only rewrites a superblock copy from a good one and never invents a table"
-        )));
+        let salvage = crate::salvage::salvage(spare, true).map_err(|e| {
+            MetaError::Unrepairable(format!(
+                "{why}; salvage refused too ({e}); repair never invents a table"
+            ))
+        })?;
+        let after = check(spare)?;
+        return Ok(RepairReport {
+            rewritten: vec![Region::Checkpoint(match salvage.base {
+                Region::Checkpoint(a) => 1 - a,
+                other => return Err(MetaError::Unrepairable(format!("salvage base {other}"))),
+            })],
+            salvage: Some(salvage),
+            before,
+            after,
+        });
     }
     let mut io = BackendIo(spare);
     let copies = read_superblock_copies(&mut io, spare.size_bytes())?;
@@ -274,6 +291,7 @@ pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaE
     let after = check(spare)?;
     Ok(RepairReport {
         rewritten,
+        salvage: None,
         before,
         after,
     })

@@ -36,6 +36,8 @@ pub mod io;
 #[cfg(feature = "std")]
 pub mod open;
 #[cfg(feature = "std")]
+pub mod salvage;
+#[cfg(feature = "std")]
 pub mod store;
 #[cfg(feature = "std")]
 pub mod upgrade;
@@ -52,6 +54,8 @@ pub use check::{CheckReport, RepairReport, check, repair};
 pub use create::{CreateOptions, create};
 #[cfg(feature = "std")]
 pub use open::{MetaError, OpenedDevice, inspect, open};
+#[cfg(feature = "std")]
+pub use salvage::{SalvageReport, salvage};
 #[cfg(feature = "std")]
 pub use upgrade::{UpgradeReport, upgrade};
 
