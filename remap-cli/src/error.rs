@@ -82,7 +82,7 @@ pub enum CliError {
     TooSmallForMetadata { path: PathBuf, size: u64 },
 
     /// The spare device cannot hold the metadata and one spare block.
-    #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (two superblocks, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
+    #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (three superblock copies, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
     SpareTooSmall {
         path: PathBuf,
         spare_size: u64,

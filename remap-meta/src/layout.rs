@@ -115,6 +115,18 @@ impl Geometry {
         align_up(payload, META)?.checked_add(META)
     }
 
+    /// The smallest spare device that holds the metadata, one spare block and the tail
+    /// superblock copy, for this main device, block size and journal.
+    pub fn min_spare_size(
+        main_size: u64,
+        block_size: BlockSize,
+        journal_blocks: u32,
+    ) -> Option<u64> {
+        let g = Self::plan(u64::MAX / 4, main_size, block_size, journal_blocks, Some(1)).ok()?;
+        let end = g.pool_offset.checked_add(block_size.bytes_u64())?;
+        align_up(end, META)?.checked_add(META)
+    }
+
     /// Default journal size for a spare device: 1/64 of it, between 64 and 1024 blocks.
     pub fn default_journal_blocks(spare_size: u64) -> u32 {
         (spare_size / 64 / META).clamp(64, 1024) as u32
@@ -169,11 +181,8 @@ impl Geometry {
             (spare_size / block_size.bytes_u64()).min(MAX_POOL_BLOCKS),
         );
         if build(1).is_none() {
-            let needed = layout(1)
-                .as_ref()
-                .and_then(end)
-                .and_then(|e| align_up(e, META)?.checked_add(META))
-                .unwrap_or(u64::MAX);
+            let needed =
+                Self::min_spare_size(main_size, block_size, journal_blocks).unwrap_or(u64::MAX);
             return Err(PlanError::SpareTooSmall { spare_size, needed });
         }
         while lo < hi {
