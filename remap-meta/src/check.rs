@@ -242,10 +242,7 @@ pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaE
         })?;
         let after = check(spare)?;
         return Ok(RepairReport {
-            rewritten: vec![Region::Checkpoint(match salvage.base {
-                Region::Checkpoint(a) => 1 - a,
-                other => return Err(MetaError::Unrepairable(format!("salvage base {other}"))),
-            })],
+            rewritten: salvage.written_to.into_iter().collect(),
             salvage: Some(salvage),
             before,
             after,

@@ -8,9 +8,9 @@ use remap_core::spare::SpareState;
 use remap_core::{Entry, EntryFlags, RemapTable, SpareAllocator};
 
 use crate::checksum::{Crc32c, crc32c};
+use crate::commit::{CommitError, StateView};
 use crate::counters::{Counters, SLOTS};
 use crate::error::{EntryProblem, FormatError, Region};
-use crate::journal::{CommitError, StateView};
 use crate::layout::{ENTRY_BYTES, RETIRED_BYTES};
 use crate::superblock::Superblock;
 use crate::wire::{Reader, Writer};
@@ -194,7 +194,7 @@ where
         counters: *view.counters,
     };
     // The piece buffer is free again: encode the header there, off the stack.
-    let block = crate::journal::heap_block(&mut piece[..META_BLOCK], region)?;
+    let block = crate::commit::heap_block(&mut piece[..META_BLOCK], region)?;
     header.encode_into(block);
     io.write(base, &block[..])
         .map_err(|source| CommitError::Write {

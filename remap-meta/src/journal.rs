@@ -10,10 +10,11 @@
 use alloc::vec::Vec;
 
 use remap_core::record::{Record, RemapCause};
-use remap_core::{RemapTable, SpareAllocator};
 
 use crate::checkpoint;
 use crate::checksum::crc32c;
+use crate::commit::heap_block;
+pub use crate::commit::{CommitError, StateView};
 use crate::counters::{Counters, SLOTS};
 use crate::error::{EntryProblem, FormatError, Region};
 use crate::superblock::Superblock;
@@ -332,29 +333,6 @@ pub struct BlockHead<'a> {
     pub counters: Option<&'a Counters>,
 }
 
-/// The state a commit or checkpoint describes: the engine's table and pool after the
-/// records were applied, and the lifetime counters.
-#[derive(Debug, Clone, Copy)]
-pub struct StateView<'a> {
-    pub table: &'a RemapTable,
-    pub spares: &'a SpareAllocator,
-    pub counters: &'a Counters,
-}
-
-/// Why a metadata write sequence failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CommitError<E: core::fmt::Debug + core::fmt::Display> {
-    #[error("metadata write to the spare device failed at byte {offset}: {source}")]
-    Write { offset: u64, source: E },
-    #[error("metadata flush of the spare device failed: {0}")]
-    Flush(E),
-    #[error("metadata would not encode: {0}")]
-    Format(#[from] FormatError),
-    #[error("an earlier metadata write failed; the device must be reopened")]
-    Failed,
-}
-
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -564,20 +542,6 @@ impl Journal {
         self.sb = sb;
         Ok(())
     }
-}
-
-/// A 4 KiB heap buffer viewed as a block (the length is right by construction; the error
-/// keeps the conversion total).
-pub(crate) fn heap_block(
-    buf: &mut [u8],
-    region: Region,
-) -> Result<&mut [u8; META_BLOCK], FormatError> {
-    let len = buf.len();
-    buf.try_into().map_err(|_| FormatError::BadLength {
-        region,
-        len,
-        expected: META_BLOCK,
-    })
 }
 
 /// Write every superblock copy: first every copy but `last`, then a flush, then `last`,

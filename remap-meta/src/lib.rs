@@ -17,6 +17,7 @@ extern crate alloc;
 
 pub mod checkpoint;
 pub mod checksum;
+pub mod commit;
 pub mod counters;
 pub mod error;
 pub mod journal;

@@ -60,8 +60,10 @@ pub struct SalvageReport {
     pub quarantined_spares: Vec<u64>,
     /// Entries in the rebuilt table.
     pub entries: u64,
-    /// Whether the fresh checkpoint was written.
+    /// Whether the fresh checkpoint was written...
     pub written: bool,
+    /// ...and into which area.
+    pub written_to: Option<Region>,
 }
 
 impl SalvageReport {
@@ -97,8 +99,9 @@ pub fn salvage<S: BlockBackend + ?Sized>(
     let mut rebuilt = rebuild(&sb, base, base_is_active, &index);
     rebuilt.report.reason = reason;
     if write {
-        write_fresh(&mut io, &sb, trusted, &rebuilt, &index)?;
+        let area = write_fresh(&mut io, &sb, trusted, &rebuilt, &index)?;
         rebuilt.report.written = true;
+        rebuilt.report.written_to = Some(Region::Checkpoint(area));
         // Pair assertion: the spare now recovers to exactly the rebuilt table.
         let back = recover(&mut io, size)?;
         if back.table.iter().ne(rebuilt.table.iter()) {
@@ -271,6 +274,7 @@ fn rebuild(
         quarantined_spares: quarantined,
         entries,
         written: false,
+        written_to: None,
     };
     Rebuilt {
         table,
@@ -329,7 +333,7 @@ fn write_fresh<S: BlockBackend + ?Sized>(
     trusted: Region,
     rebuilt: &Rebuilt,
     index: &BTreeMap<u64, (u32, JournalBlock)>,
-) -> Result<(), MetaError> {
+) -> Result<u8, MetaError> {
     let base_area = match rebuilt.report.base {
         Region::Checkpoint(a) => a,
         _ => sb.active_checkpoint,
@@ -348,5 +352,5 @@ fn write_fresh<S: BlockBackend + ?Sized>(
     journal
         .checkpoint(io, &view)
         .map_err(MetaError::from_commit)?;
-    Ok(())
+    Ok(journal.superblock().active_checkpoint)
 }
