@@ -51,7 +51,8 @@ pub struct SalvageReport {
     pub base_is_active: bool,
     pub commits_applied: u64,
     pub lost: Vec<LostCommits>,
-    /// Lost commits of which nothing survives: the blocks they changed are unknown.
+    /// Lost journal sequence numbers with no readable block at all (a whole commit, or a
+    /// block of one): what they changed is unknown.
     pub unidentified_lost_commits: u64,
     /// Every block whose state could not be proven: named by a lost commit's surviving
     /// block or by a record that contradicted the rebuilt state.
@@ -176,7 +177,14 @@ fn rebuild(
     let (mut table, mut spares) = (base.table, base.spares);
     let mut counters = base.header.counters;
     let start = base.header.journal_next_sequence;
-    let newest = index.keys().next_back().copied().unwrap_or(0);
+    // Between the base and the newest commit lie at most the base's journal window, the
+    // commit a checkpoint was written instead of, and the next window: a bound on the walk
+    // that no forged sequence number can stretch.
+    let span = 2 * u64::from(ring) + 2;
+    let newest = index
+        .range(start..=start.saturating_add(span))
+        .next_back()
+        .map_or(0, |(s, _)| *s);
     let mut ev = Evidence::default();
     let mut unidentified = 0u64;
     let mut applied = 0u64;
@@ -193,9 +201,7 @@ fn rebuild(
             let (first, records) = commit
                 .take()
                 .map_or((sequence, Vec::new()), |(f, _, _, r)| (f, r));
-            if records.is_empty() {
-                unidentified += 1;
-            }
+            unidentified += 1;
             ev.lost(first, sequence, &records);
             continue;
         };
@@ -339,7 +345,7 @@ fn write_fresh<S: BlockBackend + ?Sized>(
         _ => sb.active_checkpoint,
     };
     let newest = index.keys().next_back().copied().unwrap_or(0);
-    let next_sequence = newest.max(sb.journal_start_sequence) + 1;
+    let next_sequence = newest.max(sb.journal_start_sequence).saturating_add(1);
     let mut start = *sb;
     // The journal writes its checkpoint into the area opposite the "active" one.
     start.active_checkpoint = base_area;
