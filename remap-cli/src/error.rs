@@ -161,6 +161,14 @@ pub enum CliError {
         source: Box<MetaError>,
     },
 
+    /// `upgrade` refused or failed.
+    #[error("{}: cannot upgrade the format: {source}", path.display())]
+    Upgrade {
+        path: PathBuf,
+        #[source]
+        source: Box<MetaError>,
+    },
+
     /// `check` found problems that remain.
     #[error("{}: {problems} problem(s) remain{}", path.display(), if *.repairable > 0 { " (`remap check --repair` can fix the repairable ones)" } else { "" })]
     ProblemsRemain {

@@ -153,3 +153,65 @@ fn check_repair_salvages_a_destroyed_checkpoint_from_the_older_one_and_the_journ
     let o = p.run(&["status"], &[]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
 }
+
+#[test]
+fn upgrade_turns_a_version_1_spare_into_version_2_only_when_asked() {
+    let p = Pair::mapped();
+    let table = p.dump();
+    // Make it a version 1 spare, as a build before issue 11 would have left it.
+    {
+        let spare = remap_core::FileBackend::open(&p.spare).unwrap();
+        let rec = remap_meta::inspect(&spare).unwrap();
+        let v1 = remap_meta::Superblock {
+            version: 1,
+            sequence: rec.superblock.sequence + 1,
+            ..rec.superblock
+        };
+        remap_meta::journal::write_superblocks(
+            &mut remap_meta::io::BackendIo(&spare),
+            &v1,
+            remap_meta::Region::SuperblockA,
+        )
+        .unwrap();
+    }
+    let version = |p: &Pair| {
+        remap_meta::inspect(&remap_core::FileBackend::open(&p.spare).unwrap())
+            .unwrap()
+            .superblock
+            .version
+    };
+    // Using it does not upgrade it.
+    let o = p.run(&["map"], &["20"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(version(&p), 1);
+    let table: Vec<Value> = {
+        let mut t = table;
+        t.extend(p.dump().into_iter().filter(|e| e["block"] == 20));
+        t
+    };
+    // A wrong MAIN is refused, both files unchanged.
+    let other = p._dir.path().join("other.img");
+    fs::File::create(&other)
+        .unwrap()
+        .set_len(MAIN_SIZE / 2)
+        .unwrap();
+    let before = p.hashes();
+    let o = remap(&[
+        "upgrade",
+        other.to_str().unwrap(),
+        p.spare.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(p.hashes(), before);
+    let o = p.run(&["upgrade"], &[]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("1 -> 2"), "{}", text(&o.stdout));
+    assert_eq!(version(&p), 2);
+    assert_eq!(p.dump(), table);
+    let before = p.hashes();
+    let o = p.run(&["upgrade"], &["--json"]);
+    assert_eq!(code(&o), 0);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["unchanged"], true);
+    assert_eq!(p.hashes(), before, "nothing written when nothing changes");
+}

@@ -28,16 +28,20 @@ Examples:
 ///
 /// Without --repair both devices are opened read-only under a shared lock and nothing is
 /// written. With --repair SPARE is locked exclusively and a corrupt or outdated superblock
-/// copy is rewritten from the valid one; nothing else is ever rewritten, and a table that
-/// cannot be recovered is reported, not replaced. Repair is refused if MAIN is not the
-/// device SPARE was formatted for.
+/// copy (head or tail) is rewritten from the valid one, and a bad copy of a live journal
+/// block from its twin. When recovery itself fails (a checkpoint area or a journal block
+/// destroyed), --repair salvages: it rebuilds the table from the other checkpoint and every
+/// readable journal commit, names the commits and blocks it could not prove, retires the
+/// spare blocks that may hold their data, and only then writes a fresh checkpoint; an
+/// incomplete salvage exits 1. Repair is refused if MAIN is not the device SPARE was
+/// formatted for, and when nothing is left to rebuild from (nothing is written then).
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub pair: PairArgs,
 
-    /// Rewrite a bad or outdated superblock copy from the good one, then check again.
+    /// Rewrite bad copies from good ones, or salvage what recovery refuses, then check again.
     #[arg(long)]
     pub repair: bool,
 

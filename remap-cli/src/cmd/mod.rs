@@ -17,6 +17,7 @@ pub mod set;
 pub mod status;
 pub mod transfer;
 pub mod unmap;
+pub mod upgrade;
 
 /// The device pair, positional, main first.
 #[derive(Debug, Clone, clap::Args)]
