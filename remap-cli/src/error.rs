@@ -64,7 +64,7 @@ pub enum CliError {
     EmptyMain { path: PathBuf },
 
     /// The spare device cannot hold the metadata and one spare block.
-    #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (two superblocks, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
+    #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (three superblock copies, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
     SpareTooSmall {
         path: PathBuf,
         spare_size: u64,
@@ -114,6 +114,14 @@ pub enum CliError {
     /// Repair refused or failed.
     #[error("{}: cannot repair the metadata: {source}", path.display())]
     Repair {
+        path: PathBuf,
+        #[source]
+        source: Box<MetaError>,
+    },
+
+    /// `upgrade` refused or failed.
+    #[error("{}: cannot upgrade the format: {source}", path.display())]
+    Upgrade {
         path: PathBuf,
         #[source]
         source: Box<MetaError>,

@@ -82,6 +82,7 @@ pub enum Command {
     Health(cmd::health::Args),
     Set(cmd::set::Args),
     Serve(cmd::serve::Args),
+    Upgrade(cmd::upgrade::Args),
 }
 
 /// Log to stderr. `-v` sets the level; without it `RUST_LOG` does; without either only
@@ -115,6 +116,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Health(args) => cmd::health::run(&args, out),
         Command::Set(args) => cmd::set::run(&args, out),
         Command::Serve(args) => cmd::serve::run(&args, out),
+        Command::Upgrade(args) => cmd::upgrade::run(&args, out),
     }
 }
 

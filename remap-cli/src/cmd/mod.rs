@@ -18,6 +18,7 @@ pub mod serve;
 pub mod set;
 pub mod status;
 pub mod unmap;
+pub mod upgrade;
 
 /// The device pair, positional, main first.
 #[derive(Debug, Clone, clap::Args)]
