@@ -97,3 +97,30 @@ fn an_exhausted_pool_fails_the_write_with_enospc_and_disturbs_nothing() {
     // A later write elsewhere on a healthy block still works.
     t.kwrite(200, &pattern(200, 1, 6)).unwrap();
 }
+
+/// A remapped block whose spare fails a write, with no other spare to move to: the write
+/// fails with ENOSPC, and the block keeps its old spare, which still reads back the data it
+/// held. Retiring the old spare before the block has a new home would leave the block
+/// pending, its readable data lost (issue 9: the kernel did exactly that).
+#[test]
+fn a_spare_that_fails_a_write_is_retired_only_after_the_block_has_a_new_home() {
+    let mut t = setup(&Setup {
+        pool_blocks: Some(1),
+        ..Setup::default()
+    });
+    t.sim.main.fail_writes([9]);
+    let old = pattern(9, 1, 1);
+    t.kwrite(9, &old).unwrap();
+    assert_eq!(t.state.table().get(9).unwrap().spare, Some(0));
+    t.sim.spare.fail_writes([t.spare_fault_block(0)]);
+    assert_eq!(t.kwrite(9, &pattern(9, 1, 2)), Err(28), "ENOSPC");
+    let e = t.state.table().get(9).unwrap();
+    assert_eq!(e.spare, Some(0), "the block keeps its old spare: {e:?}");
+    assert_eq!(t.state.spares().state(0).unwrap(), SpareState::Used);
+    assert_eq!(t.read_vec(9, 1), old, "the old spare still holds the data");
+    // After a crash the block is still on its spare: nothing retired it durably.
+    assert_eq!(
+        t.recover_after_crash().table.get(9).and_then(|e| e.spare),
+        Some(0)
+    );
+}
