@@ -641,7 +641,11 @@ impl Model {
         let g = self.geometry;
         let i = b as usize;
         let readable = match self.places[i] {
-            Place::Spare => return Expect::Failure { errno: errno::EIO },
+            Place::Spare => {
+                return Expect::Failure {
+                    errno: errno::EINVAL,
+                };
+            }
             Place::Main | Place::Pending { main_current: true } => {
                 !self.main_reads_fail(g.block_sectors(b))
             }
