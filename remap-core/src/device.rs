@@ -228,7 +228,7 @@ impl<M: BlockBackend, S: BlockBackend> StoreJournal<'_, M, S> {
 impl<M: BlockBackend, S: BlockBackend> Journal<Pair<'_, M, S>> for StoreJournal<'_, M, S> {
     type Error = StoreError;
 
-    fn commit(
+    fn commit_records(
         &mut self,
         _io: &mut Pair<'_, M, S>,
         records: &[Record],
@@ -238,7 +238,7 @@ impl<M: BlockBackend, S: BlockBackend> Journal<Pair<'_, M, S>> for StoreJournal<
         self.view(table, spares, |store, view| store.commit(records, view))
     }
 
-    fn checkpoint(
+    fn write_checkpoint(
         &mut self,
         _io: &mut Pair<'_, M, S>,
         table: &RemapTable,

@@ -515,18 +515,18 @@ pub unsafe extern "C" fn rk_slow_io(
     let mut io = CIo { ctx: io };
     let op = Op::from_u32(op);
     let r = match op {
-        Some(Op::Discard) => state.slow_discard(&mut io, lba, len >> sh.block_shift),
+        Some(Op::Discard) => state.serve_discard(&mut io, lba, len >> sh.block_shift),
         Some(o @ (Op::Read | Op::Write | Op::WriteZeroes)) => {
             if buf.is_null() || len > target::MAX_SLOW_BYTES {
                 Err(SlowError::BadRequest { lba, len })
             } else if o == Op::Read {
                 // SAFETY: the caller's contract: `len` writable bytes.
                 let b = unsafe { core::slice::from_raw_parts_mut(buf, len as usize) };
-                state.slow_read(sh, &mut io, lba, b, now_s)
+                state.serve_read(sh, &mut io, lba, b, now_s)
             } else {
                 // SAFETY: the caller's contract: `len` readable bytes.
                 let b = unsafe { core::slice::from_raw_parts(buf as *const u8, len as usize) };
-                state.slow_write(sh, &mut io, lba, b, fua, now_s)
+                state.serve_write(sh, &mut io, lba, b, fua, now_s)
             }
         }
         _ => Err(SlowError::BadRequest { lba, len }),
@@ -560,7 +560,7 @@ pub unsafe extern "C" fn rk_checkpoint(
         return -EINVAL;
     };
     let mut io = CIo { ctx: io };
-    match state.checkpoint(sh, &mut io) {
+    match state.serve_checkpoint(sh, &mut io, 0) {
         Ok(_) => 0,
         Err(e) => {
             // SAFETY: the caller's contract for err/errlen.

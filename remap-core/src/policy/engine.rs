@@ -252,7 +252,7 @@ impl<I: BlockIo + ?Sized, J: Journal<I>> Policy<'_, I, J> {
         update_gauges(self.stats, self.table, self.spares);
         match self
             .journal
-            .commit(self.io, records, self.table, self.spares)
+            .commit_records(self.io, records, self.table, self.spares)
         {
             Ok(()) => {
                 Stats::bump(&self.stats.commits);
@@ -723,7 +723,10 @@ impl<I: BlockIo + ?Sized, J: Journal<I>> Policy<'_, I, J> {
     pub fn checkpoint(&mut self) -> Result<(), Fail<I, J>> {
         self.refuse_if_poisoned()?;
         update_gauges(self.stats, self.table, self.spares);
-        match self.journal.checkpoint(self.io, self.table, self.spares) {
+        match self
+            .journal
+            .write_checkpoint(self.io, self.table, self.spares)
+        {
             Ok(()) => Ok(()),
             Err(source) => {
                 self.poison();

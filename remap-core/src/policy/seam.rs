@@ -65,7 +65,7 @@ pub trait Journal<I: ?Sized> {
     /// Make `records` durable, in order, before returning. They are already applied to
     /// `table` and `spares`; the data they point at was ordered before them
     /// ([`BlockIo::order_spare_data`]).
-    fn commit(
+    fn commit_records(
         &mut self,
         io: &mut I,
         records: &[Record],
@@ -74,7 +74,7 @@ pub trait Journal<I: ?Sized> {
     ) -> Result<(), Self::Error>;
 
     /// Write the whole state (on a clean shutdown, a suspend, or on request).
-    fn checkpoint(
+    fn write_checkpoint(
         &mut self,
         io: &mut I,
         table: &RemapTable,
