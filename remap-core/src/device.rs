@@ -31,11 +31,11 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use crate::backend::{BlockBackend, IoError, IoOp, check_range};
 use crate::clock::Clock;
 use crate::geometry::BlockSize;
-use crate::health::{HealthInputs, HealthReport, HealthThresholds, evaluate};
+use crate::health::{HealthReport, HealthThresholds};
 use crate::hot::{Hot, HotCounters, Local};
 use crate::policy::runs::{self, Runs};
 use crate::policy::{
-    BlockIo, Dev, Geometry, Journal, Policy, PolicyError, Tunables, update_gauges,
+    BlockIo, Dev, Geometry, Journal, Policy, PolicyError, Request, Tunables, refused, update_gauges,
 };
 use crate::record::Record;
 use crate::regions::RegionMap;
@@ -616,7 +616,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     fn write_op(&self, op: IoOp, offset: u64, buf: &[u8], fua: bool) -> Result<(), DeviceError> {
         let len = buf.len() as u64;
         check_range(op, offset, len, self.size_bytes)?;
-        if self.is_poisoned() {
+        if refused(Request::Write, self.is_poisoned()) {
             return Err(DeviceError::Poisoned);
         }
         if len == 0 {
@@ -665,7 +665,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Make every completed write durable on both devices.
     pub fn flush(&self) -> Result<(), DeviceError> {
         let t0 = self.begin(IoOp::Flush);
-        let r = if self.is_poisoned() {
+        let r = if refused(Request::Flush, self.is_poisoned()) {
             Err(DeviceError::Poisoned)
         } else {
             self.main
@@ -684,7 +684,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Remapped blocks stay remapped; pending blocks stay pending.
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         check_range(IoOp::Trim, offset, len, self.size_bytes)?;
-        if self.is_poisoned() {
+        if refused(Request::Discard, self.is_poisoned()) {
             return Err(DeviceError::Poisoned);
         }
         if len == 0 {
@@ -704,7 +704,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// zeroed in place run by run, and through the write path if any block cannot be.
     pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
         check_range(IoOp::WriteZeroes, offset, len, self.size_bytes)?;
-        if self.is_poisoned() {
+        if refused(Request::WriteZeroes, self.is_poisoned()) {
             return Err(DeviceError::Poisoned);
         }
         if len == 0 {
@@ -870,11 +870,9 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         Ok(())
     }
 
+    /// The verdict ([`crate::policy::verdict`]): critical once writes have stopped.
     pub fn health(&self) -> HealthReport {
-        evaluate(
-            &HealthInputs::from_snapshot(&self.stats()),
-            &self.thresholds(),
-        )
+        crate::policy::verdict(&self.stats(), &self.thresholds(), self.is_poisoned())
     }
 
     /// The entry for block `lba`.

@@ -473,6 +473,17 @@ pub unsafe extern "C" fn rk_account(
     sh.account(op, bytes, latency_ns, remapped, ok);
 }
 
+/// Whether an empty flush is refused (`Shared::refuses_flush`: writes stopped after a
+/// metadata failure). Any context.
+///
+/// # Safety
+/// `shared` is the target's shared part.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rk_refuses_flush(shared: *const Shared) -> bool {
+    // SAFETY: the caller's contract; Shared is only atomics and constants.
+    unsafe { shared.as_ref() }.is_some_and(Shared::refuses_flush)
+}
+
 /// Count the spare's half of a flush (see `Shared::account_spare_flush`).
 ///
 /// # Safety

@@ -25,7 +25,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use remap_core::health::{HealthInputs, HealthReport, evaluate};
+use remap_core::health::HealthReport;
 use remap_core::policy::{self, Geometry, Policy, PolicyError, Tunables, runs};
 use remap_core::record::Record;
 use remap_core::{HealthThresholds, RemapTable, Segment, SpareAllocator, Stats};
@@ -55,6 +55,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// The request kind the policy's rules are written for.
+    pub fn request(self) -> policy::Request {
+        match self {
+            Op::Read => policy::Request::Read,
+            Op::Write => policy::Request::Write,
+            Op::Discard => policy::Request::Discard,
+            Op::WriteZeroes => policy::Request::WriteZeroes,
+            Op::Flush => policy::Request::Flush,
+        }
+    }
+
     pub fn from_u32(v: u32) -> Option<Op> {
         Some(match v {
             0 => Op::Read,
@@ -401,16 +412,15 @@ impl Shared {
         self.since_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    /// remap-core's verdict; critical whatever the figures once metadata writes failed.
+    /// The engine's verdict ([`remap_core::policy::verdict`]): critical once writes stopped.
     pub fn health(&self) -> HealthReport {
-        let mut h = evaluate(
-            &HealthInputs::from_snapshot(&self.stats.snapshot()),
-            &self.thresholds,
-        );
-        if self.is_poisoned() {
-            h.state = remap_core::HealthState::Critical;
-        }
-        h
+        policy::verdict(&self.stats.snapshot(), &self.thresholds, self.is_poisoned())
+    }
+
+    /// Whether an empty flush is refused (the glue asks before passing it down): after a
+    /// metadata failure only reads are served ([`remap_core::policy::refused`]).
+    pub fn refuses_flush(&self) -> bool {
+        policy::refused(policy::Request::Flush, self.is_poisoned())
     }
 }
 
@@ -446,7 +456,7 @@ impl State {
     #[inline]
     pub fn route(&self, sh: &Shared, lba: u64, blocks: u64, op: Op) -> Route {
         let end = lba.saturating_add(blocks).min(self.blocks);
-        if lba >= end || (op != Op::Read && sh.is_poisoned()) {
+        if lba >= end || policy::refused(op.request(), sh.is_poisoned()) {
             // Outside the device: device-mapper never sends this; fail it rather than guess.
             return Route::Fail { blocks };
         }

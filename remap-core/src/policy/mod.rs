@@ -24,6 +24,9 @@ pub use engine::{Geometry, Policy, Tunables, update_gauges};
 pub use error::PolicyError;
 pub use seam::{BlockIo, Dev, IoFault, Journal};
 
+use crate::health::{HealthInputs, HealthReport, HealthState, HealthThresholds, evaluate};
+use crate::stats::StatsSnapshot;
+
 /// The most read retries a configuration may ask for (the superblock keeps the same limit).
 pub const MAX_READ_RETRIES: u32 = 16;
 /// The most spare blocks tried for one block before its write fails.
@@ -33,3 +36,36 @@ pub const MAX_SPARE_ATTEMPTS: u32 = 8;
 pub const RUN_GAP: u64 = 64;
 /// Write-zeroes that must go through the write path are done in pieces of at most this size.
 pub const ZERO_PIECE: u64 = 1 << 20;
+
+/// The health verdict every frontend reports: the evaluation of the counters against the
+/// thresholds, and critical whatever the figures once writes have stopped after a metadata
+/// failure (the device needs an operator).
+pub fn verdict(
+    stats: &StatsSnapshot,
+    thresholds: &HealthThresholds,
+    poisoned: bool,
+) -> HealthReport {
+    let mut report = evaluate(&HealthInputs::from_snapshot(stats), thresholds);
+    if poisoned {
+        report.state = HealthState::Critical;
+    }
+    report
+}
+
+/// What a frontend asks of the device, for the rules that need no table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Read,
+    Write,
+    WriteZeroes,
+    Discard,
+    Flush,
+}
+
+/// Whether `request` is refused outright: once writes have stopped after a metadata failure
+/// (poisoned) only reads are served, since the table in memory may be ahead of the one on
+/// disk and nothing may be acknowledged as durable through it.
+#[inline]
+pub fn refused(request: Request, poisoned: bool) -> bool {
+    poisoned && request != Request::Read
+}
