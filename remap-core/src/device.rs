@@ -1,26 +1,23 @@
 //! [`RemapDevice`]: the remapping block device, itself a [`BlockBackend`].
 //!
-//! # Semantics (DESIGN.md, "I/O semantics")
+//! # Semantics
 //!
-//! - A read error on main never becomes data: the request is retried block by block (a
-//!   bounded number of times), blocks that still fail are marked pending and persisted, and
-//!   the read returns an error.
-//! - A write error on main moves each failing block to a spare block; the data is written
-//!   there and flushed, the mapping is committed to the store, and only then does the write
-//!   return success.
-//! - A write covering a pending block moves it; a partial write merges with the rest of the
-//!   block read from where the block's latest data lives, and fails if that cannot be read.
-//! - A spare block that fails is retired; the block moves to a fresh spare on the next write.
-//! - Spare exhaustion fails the write with `ENOSPC`; nothing already mapped changes.
+//! Every decision about a failure is [`crate::policy`]'s, the same code the kernel target
+//! runs (`docs/design.md`, "I/O semantics"): reads and writes are tried run by run
+//! ([`crate::policy::runs`]), and a request that meets a media error or a pending block
+//! goes to [`Policy`], which isolates block by block, marks pending, moves blocks to spares
+//! and commits. This file supplies the seams (the two backends, with an explicit spare
+//! flush for "data durable before record"; the [`MetaStore`]; the clock) and the
+//! concurrency around them.
 //!
 //! # Concurrency
 //!
-//! The table and pool sit behind one `RwLock`. Requests hold it shared for their whole I/O,
-//! so a change to the table (taken exclusively) never interleaves with a request touching
-//! the same blocks. While the table is empty, requests skip the lock: they note a generation
-//! counter before their I/O and check it after; every table change bumps it, and a request
-//! that raced with one simply runs again under the lock (reads and writes are idempotent).
-//! A failed metadata commit stops all writes (`DeviceError::MetadataFailed`) until the
+//! The table and pool sit behind one `RwLock`. Requests into regions that hold no entry
+//! skip the lock: they note a generation counter before their I/O and check it after; every
+//! table change bumps it, and a request that raced with one simply runs again under the
+//! lock (reads and writes are idempotent). Other requests hold the lock shared for their
+//! runs. The slow path holds it exclusively, so it is serialized and sees the table as it
+//! is. A failed metadata commit stops all writes (`DeviceError::MetadataFailed`) until the
 //! device is reopened, because the in-memory table could otherwise run ahead of the disk.
 
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //!   changes it (the slow path, the table-changing messages, checkpoints) runs in the
 //!   target's single work queue with the gate closed and every bio mapped through the old
 //!   table completed, so it holds the only reference (`&mut State`). That is how "lookups
-//!   take no global write lock; a remap is serialized and re-checks the table" (DESIGN.md)
+//!   take no global write lock; a remap is serialized and re-checks the table" (`docs/design.md`, "Concurrency")
 //!   is done in the kernel.
 //!
 //! What a request or a failure does is not decided here: the slow path hands every request
