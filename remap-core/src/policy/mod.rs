@@ -17,11 +17,13 @@
 
 mod engine;
 mod error;
+mod geometry;
 pub mod runs;
 pub mod seam;
 
-pub use engine::{Geometry, Policy, Tunables, update_gauges};
+pub use engine::{Policy, Tunables, update_gauges};
 pub use error::PolicyError;
+pub use geometry::Geometry;
 pub use seam::{BlockIo, Dev, IoFault, Journal};
 
 use crate::health::{HealthInputs, HealthReport, HealthState, HealthThresholds, evaluate};

@@ -5,7 +5,7 @@
 //! or a pending block is touched: then the request goes to the serialized slow path
 //! ([`Policy`](super::Policy)), which isolates block by block.
 
-use super::engine::Geometry;
+use super::geometry::Geometry;
 use super::seam::{BlockIo, Dev, IoFault};
 use crate::table::{RemapTable, Segment};
 
