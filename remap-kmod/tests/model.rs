@@ -104,19 +104,13 @@ struct KernelSubject {
 }
 
 fn plan(geometry: &ModelGeometry) -> Geometry {
-    // The smallest spare device whose pool is exactly the model's.
-    let probe = Geometry::plan(
-        u64::MAX / 4,
+    Geometry::smallest_for_pool(
         geometry.main_bytes,
         geometry.block_size,
         JOURNAL_BLOCKS,
-        Some(geometry.spare_blocks),
+        geometry.spare_blocks,
     )
-    .expect("the model's geometry can be laid out");
-    Geometry {
-        spare_size: probe.pool_offset + probe.pool_blocks * geometry.block_size.bytes_u64(),
-        ..probe
-    }
+    .expect("the model's geometry can be laid out")
 }
 
 fn failed(e: SlowError) -> Failure {

@@ -122,9 +122,30 @@ impl Geometry {
         block_size: BlockSize,
         journal_blocks: u32,
     ) -> Option<u64> {
-        let g = Self::plan(u64::MAX / 4, main_size, block_size, journal_blocks, Some(1)).ok()?;
-        let end = g.pool_offset.checked_add(block_size.bytes_u64())?;
-        align_up(end, META)?.checked_add(META)
+        Self::smallest_for_pool(main_size, block_size, journal_blocks, 1).map(|g| g.spare_size)
+    }
+
+    /// The layout of the smallest spare device whose pool is exactly `pool_blocks` blocks:
+    /// the metadata, the pool, and the tail superblock copy after it.
+    pub fn smallest_for_pool(
+        main_size: u64,
+        block_size: BlockSize,
+        journal_blocks: u32,
+        pool_blocks: u64,
+    ) -> Option<Geometry> {
+        let g = Self::plan(
+            u64::MAX / 4,
+            main_size,
+            block_size,
+            journal_blocks,
+            Some(pool_blocks),
+        )
+        .ok()?;
+        let end = pool_blocks
+            .checked_mul(block_size.bytes_u64())?
+            .checked_add(g.pool_offset)?;
+        let spare_size = align_up(end, META)?.checked_add(META)?;
+        Some(Geometry { spare_size, ..g })
     }
 
     /// Default journal size for a spare device: 1/64 of it, between 64 and 1024 blocks.

@@ -38,21 +38,13 @@ struct JournalHarness {
 static SECOND_CRASHES_INSIDE: AtomicU64 = AtomicU64::new(0);
 
 fn plan(geometry: &ModelGeometry) -> Geometry {
-    // The smallest spare device whose pool is exactly the model's.
-    let probe = Geometry::plan(
-        u64::MAX / 4,
+    Geometry::smallest_for_pool(
         geometry.main_bytes,
         geometry.block_size,
         JOURNAL_BLOCKS,
-        Some(geometry.spare_blocks),
+        geometry.spare_blocks,
     )
-    .expect("the model's geometry can be laid out");
-    // ...and the tail superblock copy in its last 4 KiB.
-    let pool_end = probe.pool_offset + probe.pool_blocks * geometry.block_size.bytes_u64();
-    Geometry {
-        spare_size: pool_end.div_ceil(4096) * 4096 + 4096,
-        ..probe
-    }
+    .expect("the model's geometry can be laid out")
 }
 
 impl Harness for JournalHarness {
