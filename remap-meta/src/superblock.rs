@@ -19,8 +19,8 @@ pub const VERSION: u32 = 2;
 pub const OLDEST_VERSION: u32 = 1;
 /// Bytes of main-device identity a superblock holds.
 pub const IDENTITY_MAX: usize = 128;
-/// The most read retries a superblock may ask for (the engine's own limit).
-pub const MAX_READ_RETRIES: u32 = 16;
+/// The most read retries a superblock may ask for: the engine's own limit.
+pub use remap_core::policy::MAX_READ_RETRIES;
 /// The checksum covers everything before it.
 const CRC_AT: usize = META_BLOCK - 4;
 
@@ -394,12 +394,6 @@ pub(crate) mod tests {
             scrub_cursor: 12,
             scrub_passes: 1,
         }
-    }
-
-    #[cfg(feature = "std")]
-    #[test]
-    fn retry_limit_matches_the_engine() {
-        assert_eq!(MAX_READ_RETRIES, remap_core::device::MAX_READ_RETRIES);
     }
 
     #[test]
