@@ -175,8 +175,7 @@ fn remaps_thresholds_rates_and_the_projection_offline() {
     // All five were moved by hand: they use spares but give no failure rate to fit, and
     // the report says why.
     assert_eq!(
-        v["no_projection"],
-        "fewer than 3 remaps so far: not enough history to project",
+        v["no_projection"], "fewer than 3 remaps so far: not enough history to project",
         "{v}"
     );
     // Out-of-order thresholds are refused, at create and at set.

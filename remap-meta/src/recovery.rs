@@ -162,15 +162,17 @@ pub fn read_superblock_copies<I: MetaIo>(
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
 {
-    let [a, b] = read_superblocks(io)?;
+    let head_copies = read_superblocks(io)?;
     let region = Region::SuperblockTail;
-    let head = choose_superblock(&[a.clone(), b.clone()])
+    // Only what the tail read needs, not another copy of the superblock: the kernel target
+    // runs this on a bounded stack (remap-kmod/README.md: no frame above 6 KiB).
+    let head = choose_superblock(&head_copies)
         .ok()
-        .map(|(_, sb)| sb);
+        .map(|(_, sb)| (sb.version, sb.geometry.spare_size, sb.uuid));
     let tail = match head {
-        Some(h) if h.version < 2 => Err(FormatError::BadMagic { region }),
-        Some(h) => read_tail(io, h.geometry.spare_size, device_size)?.and_then(|t| {
-            if t.uuid == h.uuid {
+        Some((version, _, _)) if version < 2 => Err(FormatError::BadMagic { region }),
+        Some((_, spare_size, uuid)) => read_tail(io, spare_size, device_size)?.and_then(|t| {
+            if t.uuid == uuid {
                 Ok(t)
             } else {
                 Err(FormatError::ForeignUuid { region })
@@ -178,6 +180,7 @@ where
         }),
         None => read_tail(io, device_size, device_size)?,
     };
+    let [a, b] = head_copies;
     Ok([a, b, tail])
 }
 
@@ -263,9 +266,20 @@ pub fn recover<I: MetaIo>(io: &mut I, device_size: u64) -> Result<Recovered, Rec
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
 {
-    let copies = read_superblock_copies(io, device_size)?;
-    let (used, sb) =
-        choose_superblock(&copies).map_err(|(a, b)| RecoverError::NoSuperblock { a, b })?;
+    // The copies live only in this block, so their stack space is free again for the rest
+    // (the kernel target runs this on a bounded stack).
+    let (used, sb, superblock_a, superblock_b, superblock_tail, superblocks_agree) = {
+        let copies = read_superblock_copies(io, device_size)?;
+        let (used, sb) =
+            choose_superblock(&copies).map_err(|(a, b)| RecoverError::NoSuperblock { a, b })?;
+        let sequence = |i: usize| copies[i].as_ref().map(|s| s.sequence).map_err(Clone::clone);
+        let agree = match &copies {
+            [Ok(a), Ok(b), Ok(t)] => a == b && a == t,
+            [Ok(a), Ok(b), Err(_)] => a == b && sb.version < 2,
+            _ => false,
+        };
+        (used, sb, sequence(0), sequence(1), sequence(2), agree)
+    };
     // Before anything is sized from the superblock: the device must hold what it describes.
     if device_size < sb.geometry.spare_size {
         return Err(RecoverError::SpareShrank {
@@ -365,14 +379,10 @@ where
     debug_assert!(commit.len() <= MAX_COMMIT_BLOCKS as usize * RECORDS_PER_BLOCK);
     let report = RecoveryReport {
         superblock_used: used,
-        superblock_a: copies[0].as_ref().map(|s| s.sequence).map_err(Clone::clone),
-        superblock_b: copies[1].as_ref().map(|s| s.sequence).map_err(Clone::clone),
-        superblock_tail: copies[2].as_ref().map(|s| s.sequence).map_err(Clone::clone),
-        superblocks_agree: match &copies {
-            [Ok(a), Ok(b), Ok(t)] => a == b && a == t,
-            [Ok(a), Ok(b), Err(_)] => a == b && sb.version < 2,
-            _ => false,
-        },
+        superblock_a,
+        superblock_b,
+        superblock_tail,
+        superblocks_agree,
         counters_from_journal,
         checkpoint_sequence: loaded.header.sequence,
         checkpoint_entries: loaded.header.entry_count,

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use remap_core::MemBackend;
 use remap_core::backend::FaultyBackend;
 use remap_core::clock::ManualClock;
-use remap_core::MemBackend;
 use remap_meta::{CreateOptions, DeviceIdentity};
 use remap_service::health;
 use remap_service::predict::NoProjection;
