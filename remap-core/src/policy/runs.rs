@@ -46,6 +46,29 @@ fn settle<E: IoFault>(r: Result<(), E>) -> Result<bool, E> {
     }
 }
 
+/// Run `op` on every run of `[offset, offset + len)` where it lives, in order. A pending
+/// block, or a run whose `op` fails with a media error, sends the request to the slow path.
+fn each_run<E: IoFault>(
+    table: &RemapTable,
+    geometry: &Geometry,
+    offset: u64,
+    len: u64,
+    mut op: impl FnMut(Dev, u64, core::ops::Range<usize>) -> Result<(), E>,
+) -> Result<Runs, E> {
+    let (first, count) = geometry.blocks_of(offset, len);
+    let mut remapped = false;
+    for seg in table.segments(first, count) {
+        let Some((dev, at, range)) = locate(geometry, seg, offset, len) else {
+            return Ok(Runs::Slow);
+        };
+        remapped |= dev == Dev::Spare;
+        if !settle(op(dev, at, range))? {
+            return Ok(Runs::Slow);
+        }
+    }
+    Ok(Runs::Done { remapped })
+}
+
 /// Read `buf` at byte `offset`, each run from where it lives.
 pub fn read<I: BlockIo + ?Sized>(
     table: &RemapTable,
@@ -55,18 +78,9 @@ pub fn read<I: BlockIo + ?Sized>(
     buf: &mut [u8],
 ) -> Result<Runs, I::Error> {
     let len = buf.len() as u64;
-    let (first, count) = geometry.blocks_of(offset, len);
-    let mut remapped = false;
-    for seg in table.segments(first, count) {
-        let Some((dev, at, range)) = locate(geometry, seg, offset, len) else {
-            return Ok(Runs::Slow);
-        };
-        remapped |= dev == Dev::Spare;
-        if !settle(io.read(dev, at, &mut buf[range]))? {
-            return Ok(Runs::Slow);
-        }
-    }
-    Ok(Runs::Done { remapped })
+    each_run(table, geometry, offset, len, |dev, at, range| {
+        io.read(dev, at, &mut buf[range])
+    })
 }
 
 /// Write `buf` at byte `offset`, each run where it lives.
@@ -79,18 +93,9 @@ pub fn write<I: BlockIo + ?Sized>(
     fua: bool,
 ) -> Result<Runs, I::Error> {
     let len = buf.len() as u64;
-    let (first, count) = geometry.blocks_of(offset, len);
-    let mut remapped = false;
-    for seg in table.segments(first, count) {
-        let Some((dev, at, range)) = locate(geometry, seg, offset, len) else {
-            return Ok(Runs::Slow);
-        };
-        remapped |= dev == Dev::Spare;
-        if !settle(io.write(dev, at, &buf[range], fua))? {
-            return Ok(Runs::Slow);
-        }
-    }
-    Ok(Runs::Done { remapped })
+    each_run(table, geometry, offset, len, |dev, at, range| {
+        io.write(dev, at, &buf[range], fua)
+    })
 }
 
 /// Zero `[offset, offset + len)` in place, each run where it lives. A failing run or a
@@ -104,18 +109,9 @@ pub fn write_zeroes<I: BlockIo + ?Sized>(
     offset: u64,
     len: u64,
 ) -> Result<Runs, I::Error> {
-    let (first, count) = geometry.blocks_of(offset, len);
-    let mut remapped = false;
-    for seg in table.segments(first, count) {
-        let Some((dev, at, range)) = locate(geometry, seg, offset, len) else {
-            return Ok(Runs::Slow);
-        };
-        remapped |= dev == Dev::Spare;
-        if !settle(io.write_zeroes(dev, at, range.len() as u64))? {
-            return Ok(Runs::Slow);
-        }
-    }
-    Ok(Runs::Done { remapped })
+    each_run(table, geometry, offset, len, |dev, at, range| {
+        io.write_zeroes(dev, at, range.len() as u64)
+    })
 }
 
 /// Discard `[offset, offset + len)` where each run lives. Remapped blocks stay remapped;
