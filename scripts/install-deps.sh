@@ -34,6 +34,10 @@ check nbdsh python3-libnbd
 check nbdkit nbdkit
 check fio fio
 check promtool prometheus
+# `remap create` probes SPARE with libblkid through wipefs; its tests make filesystems.
+check wipefs util-linux
+check mkswap util-linux
+check mkfs.ext4 e2fsprogs
 # nbdsh needs the Python module too (nbdsh is a script in libnbd-bin on some releases).
 if ! PATH=/usr/bin:$PATH /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1; then need_apt+=(python3-libnbd); fi
 # shellcheck disable=SC2207
@@ -42,7 +46,7 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -16,6 +16,7 @@ use remap_service::ServeError;
 use remap_service::blocks::OutOfRange;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
+use remap_service::probe::ProbeError;
 use remap_service::scrub::ScrubError;
 use remap_service::settings::SettingsError;
 use remap_service::smart::SmartError;
@@ -188,6 +189,13 @@ pub enum CliError {
     #[error(transparent)]
     Smart(#[from] SmartError),
 
+    /// `create` refused what the devices already hold, or could not probe them.
+    #[error("{source}{}", hint_probe(.source))]
+    Probe {
+        #[from]
+        source: ProbeError,
+    },
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -256,6 +264,19 @@ fn hint_transfer(e: &TransferError) -> &'static str {
     match e {
         TransferError::Stopped(b) => hint_block(b),
         TransferError::BlocksFailed { .. } => "; see the messages above",
+        _ => "",
+    }
+}
+
+/// What the command line adds to a refusal to format: the option that overrides it, where
+/// one does.
+fn hint_probe(e: &ProbeError) -> &'static str {
+    match e {
+        ProbeError::SignaturesFound { .. } => ": wipe it first or pass --force",
+        ProbeError::MainHoldsMetadata { .. } => ". Refused even with --force",
+        ProbeError::Spawn { .. } | ProbeError::Failed { .. } => {
+            "; pass --force to format without probing"
+        }
         _ => "",
     }
 }

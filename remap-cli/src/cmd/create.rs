@@ -46,8 +46,9 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block_size)]
     pub block_size: BlockSize,
 
-    /// Format even if SPARE already holds remap metadata. Its remap table, and the data of
-    /// every block that lives on the spare, is lost.
+    /// Format even if SPARE already holds remap metadata or another signature (a
+    /// filesystem, a partition table, ...). Its remap table, the data of every block that
+    /// lives on the spare, and whatever else it held, is lost.
     #[arg(long)]
     pub force: bool,
 
@@ -139,6 +140,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         Access::ReadOnly,
         Access::ReadWrite,
     )?;
+    remap_service::probe::refuse_metadata_on_main(&pair.main, &pair.main_path, &pair.spare_path)?;
+    let overwritten = if args.force {
+        // Say what --force destroys; a probe that cannot run does not stop a forced format.
+        remap_service::probe::signatures(&pair.spare_path).unwrap_or_default()
+    } else {
+        remap_service::probe::refuse_signatures(&pair.spare_path)?;
+        Vec::new()
+    };
     let lost = if args.force {
         remapped_blocks_held(&pair)
     } else {
@@ -156,6 +165,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let sb = remap_meta::create(&pair.spare, pair.main.size_bytes(), pair.identity, &opts)
         .map_err(|source| create_error(&pair, &opts, source))?;
     tracing::info!(spare = %pair.spare_path.display(), pool_blocks = sb.geometry.pool_blocks, "spare formatted");
+    for signature in &overwritten {
+        eprintln!(
+            "remap: warning: {}: formatted over {signature} (--force)",
+            pair.spare_path.display()
+        );
+    }
     if lost > 0 {
         eprintln!(
             "remap: warning: {}: formatted over a table with {lost} remapped block(s); \

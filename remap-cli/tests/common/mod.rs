@@ -235,3 +235,45 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// SHA-256 of the whole file or block device at `path`.
+pub fn sha256(path: &Path) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    h.finalize().into()
+}
+
+/// SHA-256 of both devices, to show a refusal changed neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub main: [u8; 32],
+    pub spare: [u8; 32],
+}
+
+impl Hashes {
+    pub fn of(main: &Path, spare: &Path) -> Hashes {
+        Hashes {
+            main: sha256(main),
+            spare: sha256(spare),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_unchanged(&self, main: &Path, spare: &Path, what: &str) {
+        let now = Hashes::of(main, spare);
+        assert_eq!(
+            self.main,
+            now.main,
+            "{what}: MAIN ({}) changed",
+            main.display()
+        );
+        assert_eq!(
+            self.spare,
+            now.spare,
+            "{what}: SPARE ({}) changed",
+            spare.display()
+        );
+    }
+}
