@@ -173,9 +173,11 @@ pub fn refuse_metadata_on_main(
         // Too small to hold either copy.
         return Ok(());
     }
-    let copies = read_superblock_copies(&mut BackendIo(main), main.size_bytes()).map_err(|e| ProbeError::ReadMain {
-        path: main_path.to_path_buf(),
-        message: e.to_string(),
+    let copies = read_superblock_copies(&mut BackendIo(main), main.size_bytes()).map_err(|e| {
+        ProbeError::ReadMain {
+            path: main_path.to_path_buf(),
+            message: e.to_string(),
+        }
     })?;
     let what = match &copies {
         [Ok(sb), _, _] | [_, Ok(sb), _] | [_, _, Ok(sb)] => format!(
@@ -187,7 +189,11 @@ pub fn refuse_metadata_on_main(
             Err(FormatError::BadMagic { .. }),
             Err(FormatError::BadMagic { .. }),
         ] => return Ok(()),
-        [Err(FormatError::BadMagic { .. }), Err(FormatError::BadMagic { .. }), Err(e)]
+        [
+            Err(FormatError::BadMagic { .. }),
+            Err(FormatError::BadMagic { .. }),
+            Err(e),
+        ]
         | [Err(FormatError::BadMagic { .. }), Err(e), _]
         | [Err(e), _, _] => format!("a damaged superblock: {e}"),
     };
