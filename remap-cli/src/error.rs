@@ -16,9 +16,9 @@ use remap_service::ServeError;
 use remap_service::blocks::OutOfRange;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
-use remap_service::probe::ProbeError;
 use remap_service::scrub::ScrubError;
 use remap_service::settings::SettingsError;
+use remap_service::signatures::SignaturesError;
 use remap_service::smart::SmartError;
 use remap_service::transfer::{BlockError, TransferError};
 
@@ -190,10 +190,10 @@ pub enum CliError {
     Smart(#[from] SmartError),
 
     /// `create` refused what the devices already hold, or could not probe them.
-    #[error("{source}{}", hint_probe(.source))]
-    Probe {
+    #[error("{source}{}", hint_signatures(.source))]
+    Signatures {
         #[from]
-        source: ProbeError,
+        source: SignaturesError,
     },
 
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
@@ -270,11 +270,11 @@ fn hint_transfer(e: &TransferError) -> &'static str {
 
 /// What the command line adds to a refusal to format: the option that overrides it, where
 /// one does.
-fn hint_probe(e: &ProbeError) -> &'static str {
+fn hint_signatures(e: &SignaturesError) -> &'static str {
     match e {
-        ProbeError::SignaturesFound { .. } => ": wipe it first or pass --force",
-        ProbeError::MainHoldsMetadata { .. } => ". Refused even with --force",
-        ProbeError::Spawn { .. } | ProbeError::Failed { .. } => {
+        SignaturesError::SignaturesFound { .. } => ": wipe it first or pass --force",
+        SignaturesError::MainHoldsMetadata { .. } => ". Refused even with --force",
+        SignaturesError::Spawn { .. } | SignaturesError::Failed { .. } => {
             "; pass --force to format without probing"
         }
         _ => "",

@@ -5,7 +5,7 @@
 //! one frontend of it; an embedding program is another, see `examples/embed.rs`):
 //!
 //! - [`devices`]: opening and locking a pair ([`devices::Pair`]), formatting a blank spare;
-//! - [`probe`]: what a device already holds (foreign signatures, remap metadata), asked
+//! - [`signatures`]: what a device already holds (foreign signatures, remap metadata), asked
 //!   before formatting over it;
 //! - [`blocks`]: block lists; [`transfer`]: moving blocks to the spare and back;
 //! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
@@ -29,10 +29,10 @@ pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod predict;
-pub mod probe;
 pub mod scrub;
 pub mod serve;
 pub mod settings;
+pub mod signatures;
 pub mod smart;
 pub mod status;
 pub mod throttle;

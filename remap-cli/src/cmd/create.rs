@@ -140,12 +140,16 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         Access::ReadOnly,
         Access::ReadWrite,
     )?;
-    remap_service::probe::refuse_metadata_on_main(&pair.main, &pair.main_path, &pair.spare_path)?;
+    remap_service::signatures::refuse_metadata_on_main(
+        &pair.main,
+        &pair.main_path,
+        &pair.spare_path,
+    )?;
     let overwritten = if args.force {
         // Say what --force destroys; a probe that cannot run does not stop a forced format.
-        remap_service::probe::signatures(&pair.spare_path).unwrap_or_default()
+        remap_service::signatures::find(&pair.spare_path).unwrap_or_default()
     } else {
-        remap_service::probe::refuse_signatures(&pair.spare_path)?;
+        remap_service::signatures::refuse_signatures(&pair.spare_path)?;
         Vec::new()
     };
     let lost = if args.force {

@@ -42,9 +42,9 @@ impl std::fmt::Display for Signature {
 /// Why a device may not be formatted, or could not be probed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProbeError {
+pub enum SignaturesError {
     /// SPARE holds data that formatting would destroy.
-    #[error("{}: holds {} (found by libblkid); formatting would destroy it", path.display(), list(.found))]
+    #[error("{}: holds {} (found by libblkid); formatting would destroy it", path.display(), describe(.found))]
     SignaturesFound {
         path: PathBuf,
         found: Vec<Signature>,
@@ -75,7 +75,7 @@ pub enum ProbeError {
     ReadMain { path: PathBuf, message: String },
 }
 
-fn list(found: &[Signature]) -> String {
+fn describe(found: &[Signature]) -> String {
     let items: Vec<String> = found.iter().map(Signature::to_string).collect();
     match items.len() {
         1 => format!("a signature: {}", items[0]),
@@ -95,24 +95,24 @@ fn wipefs_program() -> PathBuf {
 }
 
 /// Every signature libblkid recognises on `path`, with its offset.
-pub fn signatures(path: &Path) -> Result<Vec<Signature>, ProbeError> {
+pub fn find(path: &Path) -> Result<Vec<Signature>, SignaturesError> {
     let output = Command::new(wipefs_program())
         .args(["--no-act", "--json", "--"])
         .arg(path)
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|source| ProbeError::Spawn {
+        .map_err(|source| SignaturesError::Spawn {
             path: path.to_path_buf(),
             source,
         })?;
     if !output.status.success() {
-        return Err(ProbeError::Failed {
+        return Err(SignaturesError::Failed {
             path: path.to_path_buf(),
             message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    parse_wipefs_json(&output.stdout).map_err(|message| ProbeError::Failed {
+    parse_wipefs_json(&output.stdout).map_err(|message| SignaturesError::Failed {
         path: path.to_path_buf(),
         message,
     })
@@ -151,12 +151,12 @@ fn parse_wipefs_json(stdout: &[u8]) -> Result<Vec<Signature>, String> {
 }
 
 /// Refuse a SPARE holding any signature libblkid recognises.
-pub fn refuse_signatures(spare: &Path) -> Result<(), ProbeError> {
-    let found = signatures(spare)?;
+pub fn refuse_signatures(spare: &Path) -> Result<(), SignaturesError> {
+    let found = find(spare)?;
     if found.is_empty() {
         return Ok(());
     }
-    Err(ProbeError::SignaturesFound {
+    Err(SignaturesError::SignaturesFound {
         path: spare.to_path_buf(),
         found,
     })
@@ -168,13 +168,13 @@ pub fn refuse_metadata_on_main(
     main: &dyn BlockBackend,
     main_path: &Path,
     spare_path: &Path,
-) -> Result<(), ProbeError> {
+) -> Result<(), SignaturesError> {
     if main.size_bytes() < 2 * remap_meta::META_BLOCK as u64 {
         // Too small to hold either copy.
         return Ok(());
     }
     let copies = read_superblock_copies(&mut BackendIo(main), main.size_bytes()).map_err(|e| {
-        ProbeError::ReadMain {
+        SignaturesError::ReadMain {
             path: main_path.to_path_buf(),
             message: e.to_string(),
         }
@@ -197,7 +197,7 @@ pub fn refuse_metadata_on_main(
         | [Err(FormatError::BadMagic { .. }), Err(e), _]
         | [Err(e), _, _] => format!("a damaged superblock: {e}"),
     };
-    Err(ProbeError::MainHoldsMetadata {
+    Err(SignaturesError::MainHoldsMetadata {
         main: main_path.to_path_buf(),
         spare: spare_path.to_path_buf(),
         what,
