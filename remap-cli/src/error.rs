@@ -212,13 +212,13 @@ impl CliError {
             CliError::Usage { .. }
             | CliError::BlockOutOfRange(_)
             | CliError::Pair {
-                source: PairError::SameDevice { .. },
+                source: PairError::SameDevice { .. } | PairError::SharedStorage(_),
             }
             | CliError::Serve {
                 source:
                     ServeError::FaultOutOfRange(_)
                     | ServeError::TooManyFaultBlocks { .. }
-                    | ServeError::Pair(PairError::SameDevice { .. }),
+                    | ServeError::Pair(PairError::SameDevice { .. } | PairError::SharedStorage(_)),
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,

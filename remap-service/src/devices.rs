@@ -46,6 +46,11 @@ pub enum PairError {
     #[error("{} and {} are the same device; the spare must be a different device or file", main.display(), spare.display())]
     SameDevice { main: PathBuf, spare: PathBuf },
 
+    /// MAIN and SPARE share storage (the same file, disk, or stack of devices). Nothing
+    /// was opened.
+    #[error(transparent)]
+    SharedStorage(#[from] crate::storage::StorageError),
+
     /// Opening the main or spare device failed (missing, not a device, in use).
     #[error("{}: cannot open the {role} device: {}", path.display(), describe_open(.source))]
     OpenDevice {
@@ -178,6 +183,7 @@ impl Pair {
         spare_access: Access,
     ) -> Result<Pair, PairError> {
         refuse_same_device(main, spare)?;
+        crate::storage::refuse_shared(main, spare)?;
         let main_dev = open_device(main, Role::Main, main_access)?;
         let spare_dev = open_device(spare, Role::Spare, spare_access)?;
         Ok(Pair {

@@ -7,6 +7,7 @@
 //! - [`devices`]: opening and locking a pair ([`devices::Pair`]), formatting a blank spare;
 //! - [`signatures`]: what a device already holds (foreign signatures, remap metadata), asked
 //!   before formatting over it;
+//! - [`storage`]: whether MAIN and SPARE share storage (loop devices, partitions, stacks);
 //! - [`blocks`]: block lists; [`transfer`]: moving blocks to the spare and back;
 //! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
 //! - [`settings`]: health thresholds and read retries, persisted;
@@ -35,6 +36,7 @@ pub mod settings;
 pub mod signatures;
 pub mod smart;
 pub mod status;
+pub mod storage;
 pub mod throttle;
 pub mod time;
 pub mod transfer;
