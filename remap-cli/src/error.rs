@@ -14,6 +14,7 @@ use remap_core::DeviceError;
 use remap_meta::open::MetaError;
 use remap_service::ServeError;
 use remap_service::blocks::OutOfRange;
+use remap_service::budget::BudgetError;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
 use remap_service::scrub::ScrubError;
@@ -196,6 +197,13 @@ pub enum CliError {
         source: SignaturesError,
     },
 
+    /// A `map` needs more spare blocks than are free; nothing was moved.
+    #[error("{source}{}", hint_budget(.source))]
+    Budget {
+        #[from]
+        source: BudgetError,
+    },
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -276,6 +284,16 @@ fn hint_signatures(e: &SignaturesError) -> &'static str {
         SignaturesError::MainHoldsMetadata { .. } => ". Refused even with --force",
         SignaturesError::Spawn { .. } | SignaturesError::Failed { .. } => {
             "; pass --force to format without probing"
+        }
+        _ => "",
+    }
+}
+
+/// What the command line adds to a map that does not fit: the ways out.
+fn hint_budget(e: &BudgetError) -> &'static str {
+    match e {
+        BudgetError::NotEnoughSpares { .. } => {
+            ". Name fewer blocks, free spares with `remap unmap`, or pass --partial to move as many as fit"
         }
         _ => "",
     }

@@ -16,8 +16,8 @@
 //! < {"ok":false,"error":"bad request: unknown variant `frobnicate`, ..."}
 //! ```
 //!
-//! Commands: `status`, `health`, `map` (`blocks`, optional `zero_unreadable`),
-//! `scrub-start` (optional `rate_bytes_per_s`), `scrub-stop`, `scrub-status`, `set`
+//! Commands: `status`, `health`, `map` (`blocks`, optional `zero_unreadable` and
+//! `partial`), `unmap` (`blocks`), `scrub-start` (optional `rate_bytes_per_s`), `scrub-stop`, `scrub-status`, `set`
 //! (`changes`: thresholds and read retries, [`SettingChanges`]).
 //!
 //! # Limits
@@ -77,6 +77,14 @@ pub enum Request {
         blocks: Vec<BlockRange>,
         #[serde(default)]
         zero_unreadable: bool,
+        /// Move as many as the free spares allow instead of refusing a request that needs
+        /// more.
+        #[serde(default)]
+        partial: bool,
+    },
+    /// Move blocks back to main, verified.
+    Unmap {
+        blocks: Vec<BlockRange>,
     },
     /// Start a background scrub from the persisted cursor.
     ScrubStart {
@@ -99,6 +107,7 @@ impl Request {
             Request::Status {} => "status",
             Request::Health {} => "health",
             Request::Map { .. } => "map",
+            Request::Unmap { .. } => "unmap",
             Request::ScrubStart { .. } => "scrub-start",
             Request::ScrubStop {} => "scrub-stop",
             Request::ScrubStatus {} => "scrub-status",
@@ -451,7 +460,9 @@ fn handle<M: BlockBackend + 'static, S: BlockBackend + 'static>(
         Request::Map {
             blocks,
             zero_unreadable,
-        } => answer(live.map(&blocks, zero_unreadable)),
+            partial,
+        } => answer(live.map(&blocks, zero_unreadable, partial)),
+        Request::Unmap { blocks } => answer(live.unmap(&blocks)),
         Request::ScrubStart { rate_bytes_per_s } => answer(live.scrub_start(rate_bytes_per_s)),
         Request::ScrubStop {} => answer(Ok::<_, Infallible>(live.scrub_stop())),
         Request::ScrubStatus {} => answer(Ok::<_, Infallible>(live.scrub_status())),
@@ -584,7 +595,8 @@ mod tests {
             r,
             Request::Map {
                 blocks: vec![BlockRange { first: 1, last: 3 }],
-                zero_unreadable: false
+                zero_unreadable: false,
+                partial: false,
             }
         );
         let r: Request = serde_json::from_str(r#"{"cmd":"scrub-start"}"#).unwrap();

@@ -9,6 +9,7 @@
 //!   before formatting over it;
 //! - [`storage`]: whether MAIN and SPARE share storage (loop devices, partitions, stacks);
 //! - [`blocks`]: block lists; [`transfer`]: moving blocks to the spare and back;
+//!   [`budget`]: whether a map fits the free spare blocks;
 //! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
 //! - [`settings`]: health thresholds and read retries, persisted;
 //! - [`status`], [`health`], [`smart`], [`predict`], [`window`]: the status figures, the
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocks;
+pub mod budget;
 pub mod control;
 pub mod devices;
 pub mod health;

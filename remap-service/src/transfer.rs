@@ -126,8 +126,18 @@ pub struct Summary {
     pub changed: u64,
     pub unchanged: u64,
     pub failed: u64,
+    /// Blocks never tried because an error stopped the loop first.
+    pub not_tried: u64,
     /// The error that stopped the loop early, if any.
     pub stopped_by: Option<BlockError>,
+}
+
+impl Summary {
+    /// The requested blocks not counted yet: those a stop left untried.
+    fn untried(&self) -> u64 {
+        self.requested
+            .saturating_sub(self.changed + self.unchanged + self.failed)
+    }
 }
 
 /// Whether an engine error is about this block only, so the next block may still succeed.
@@ -188,6 +198,7 @@ fn settle<E>(
         Err(e) if is_about_the_block(&e) => Outcome::Failed(paths.block_error(lba, e)),
         Err(e) => {
             summary.failed += 1;
+            summary.not_tried = summary.untried();
             summary.stopped_by = Some(paths.block_error(lba, e));
             return Ok(false);
         }

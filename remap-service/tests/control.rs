@@ -82,6 +82,7 @@ fn requests_change_the_served_device_as_they_say() {
                 last: 12,
             }],
             zero_unreadable: false,
+            partial: false,
         },
     )
     .expect("map");
@@ -106,6 +107,7 @@ fn requests_change_the_served_device_as_they_say() {
                 last: 12,
             }],
             zero_unreadable: false,
+            partial: false,
         },
     )
     .expect("map again");
