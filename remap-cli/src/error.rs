@@ -153,7 +153,7 @@ pub enum CliError {
     },
 
     /// SIGINT/SIGTERM could not be caught, so a clean stop would be impossible.
-    #[error("cannot catch SIGINT and SIGTERM: {source}")]
+    #[error("cannot catch SIGINT, SIGTERM and SIGHUP: {source}")]
     Signals {
         #[source]
         source: io::Error,
@@ -204,6 +204,10 @@ pub enum CliError {
         source: BudgetError,
     },
 
+    /// Stopped in order by a signal or a failed write on stdout.
+    #[error(transparent)]
+    Stopped(#[from] crate::stop::Stopped),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -230,6 +234,7 @@ impl CliError {
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
+            CliError::Stopped(s) => s.signal_exit_code().unwrap_or(EXIT_FAILED),
             _ => EXIT_FAILED,
         }
     }

@@ -7,12 +7,14 @@
 //! prints, and maps errors to exit codes:
 //!
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
+//! - [`stop`]: the orderly stop on SIGINT, SIGTERM, SIGHUP or a closed stdout;
 //! - [`error`]: the error type and its exit codes;
 //! - [`units`]: sizes for the human-readable output.
 #![forbid(unsafe_code)]
 
 pub mod cmd;
 pub mod error;
+pub mod stop;
 pub mod units;
 
 use std::io::{IsTerminal, Write};
@@ -42,8 +44,10 @@ Examples:
   remap serve --demo                          try it: a demo disk with failing blocks
   remap status --control /run/remap.ctl       ask a `remap serve --control` that runs
 
-Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error,
-130 interrupted (scrub: the cursor is saved).
+Exit status: 0 success, 1 the operation failed or problems remain (or stdout could not
+be written), 2 usage error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP: map, unmap, scrub
+and serve finish the block in hand, commit, checkpoint and print their summary on stderr
+first (a second signal exits at once; what was acknowledged is in the journal).
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.

@@ -9,6 +9,7 @@
 //!   small chunks so that client I/O keeps priority.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -332,10 +333,9 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
             self.paths(),
             &mut |o| {
                 results.push(map_result(o));
-                Ok::<(), std::convert::Infallible>(())
+                ControlFlow::Continue(())
             },
-        )
-        .unwrap_or_else(|never| match never {});
+        );
         Ok(reply(results, summary))
     }
 
@@ -345,9 +345,8 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
         let mut results = Vec::new();
         let summary = transfer::unmap_blocks(&*self.device, &list, self.paths(), &mut |o| {
             results.push(map_result(o));
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .unwrap_or_else(|never| match never {});
+            ControlFlow::Continue(())
+        });
         Ok(reply(results, summary))
     }
 

@@ -71,9 +71,8 @@ fn map(r: &Rig, blocks: &[&str], zero: bool) -> (Summary, Vec<Outcome>) {
     let mut seen = Vec::new();
     let summary = transfer::map_blocks(&r.device, &list(blocks), zero, paths(), &mut |o| {
         seen.push(describe(o));
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .unwrap();
+        std::ops::ControlFlow::Continue(())
+    });
     (summary, seen)
 }
 
@@ -81,9 +80,8 @@ fn unmap(r: &Rig, blocks: &[&str]) -> (Summary, Vec<Outcome>) {
     let mut seen = Vec::new();
     let summary = transfer::unmap_blocks(&r.device, &list(blocks), paths(), &mut |o| {
         seen.push(describe(o));
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .unwrap();
+        std::ops::ControlFlow::Continue(())
+    });
     (summary, seen)
 }
 
@@ -280,9 +278,8 @@ fn an_exhausted_pool_stops_the_loop_and_keeps_what_moved() {
     let mut seen = 0;
     let summary = transfer::map_blocks(&r.device, &list(&["1-5"]), false, paths(), &mut |_| {
         seen += 1;
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .unwrap();
+        std::ops::ControlFlow::Continue(())
+    });
     assert_eq!(seen, 2, "blocks 1 and 2 reported, then the loop stopped");
     assert_eq!(summary.changed, 2);
     match &summary.stopped_by {

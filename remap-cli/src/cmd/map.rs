@@ -1,17 +1,25 @@
 //! `remap map MAIN SPARE BLOCK...`: move blocks to the spare pool now, copying their data.
 //! `remap map --control PATH BLOCK...`: the same on a running `remap serve`, live.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+
+use remap_core::{BlockBackend, RemapDevice};
 
 use remap_service::blocks::{BlockList, BlockRange};
 use remap_service::budget;
 use remap_service::control::{self, Request};
 use remap_service::devices::{Access, Pair};
 use remap_service::live::MapReply;
-use remap_service::transfer::{self, Outcome, Paths, Summary};
+use remap_service::transfer::{self, Outcome, Paths, Summary, TransferError};
 
 use crate::error::CliError;
+use crate::stop::{self, StopSignals};
+
+/// What a stopped `map` or `unmap` kept.
+const STOPPED: &str =
+    "the blocks moved so far are durable and checkpointed; the rest were not tried";
 
 const AFTER_HELP: &str = "\
 BLOCK is a block number (in the block size chosen at `remap create`) or an inclusive range
@@ -136,11 +144,42 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         main: &main_path,
         spare: &spare_path,
     };
-    let summary = transfer::map_blocks(device, &blocks, args.zero_unreadable, paths, &mut |o| {
-        report(o, out)
-    })?;
-    writeln!(out, "map: {}", totals(&summary))?;
-    Ok(transfer::finish(device, summary, paths)?)
+    moves("map", device, paths, out, report, |each| {
+        transfer::map_blocks(device, &blocks, args.zero_unreadable, paths, each)
+    })
+}
+
+/// Run a `map` or `unmap` loop (`verb`) with the orderly stop: each block's line is printed
+/// and flushed; a signal or a failed write stops the loop after the block in hand; the
+/// moves so far are committed and checkpointed, and the summary goes to stdout, or to
+/// stderr after such a stop.
+pub(crate) fn moves<M: BlockBackend, S: BlockBackend>(
+    verb: &str,
+    device: &RemapDevice<M, S>,
+    paths: Paths<'_>,
+    out: &mut dyn Write,
+    report: fn(&Outcome, &mut dyn Write) -> io::Result<()>,
+    run: impl FnOnce(&mut dyn FnMut(&Outcome) -> ControlFlow<()>) -> Summary,
+) -> Result<(), CliError> {
+    let signals = StopSignals::install().map_err(|source| CliError::Signals { source })?;
+    let mut halt = None;
+    let summary = run(&mut |o| {
+        let reported = report(o, out).and_then(|()| out.flush());
+        match signals.after_block(reported, STOPPED) {
+            None => ControlFlow::Continue(()),
+            Some(stopped) => {
+                halt = Some(stopped);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    let line = format!("{verb}: {}", totals(&summary));
+    let printed = stop::summary(out, &line, halt.is_some());
+    match (halt, transfer::finish(device, summary, paths)) {
+        (Some(stopped), Ok(()) | Err(TransferError::BlocksFailed { .. })) => Err(stopped.into()),
+        (_, Err(e)) => Err(e.into()),
+        (None, Ok(())) => Ok(printed?),
+    }
 }
 
 /// One line of totals for the end of a `map` or `unmap` report.
@@ -209,7 +248,7 @@ pub fn control_report(
 }
 
 /// One line per block: moves on stdout, refusals on stderr as `remap: ...` lines.
-fn report(outcome: &Outcome, out: &mut dyn Write) -> Result<(), CliError> {
+fn report(outcome: &Outcome, out: &mut dyn Write) -> io::Result<()> {
     match outcome {
         Outcome::Mapped {
             lba,

@@ -4,9 +4,10 @@
 //! The pair is opened read-write and locked for the life of the server, so other `remap`
 //! commands on it say "in use by pid N"; with `--control PATH` they ask the server instead
 //! (status, health, map, scrub, set), and `--metrics ADDR` serves the live figures to
-//! Prometheus. SIGINT or SIGTERM stops accepting, lets requests in flight finish, stops a
-//! background scrub (saving its cursor), flushes, checkpoints, and exits 0; a second signal
-//! exits at once (what the journal already holds survives, as after a crash).
+//! Prometheus. SIGINT, SIGTERM or SIGHUP stops accepting, lets requests in flight finish,
+//! stops a background scrub (saving its cursor), flushes, checkpoints, prints the summary on
+//! stderr and exits 130, 143 or 129; a second signal exits at once (what the journal already
+//! holds survives, as after a crash).
 //!
 //! On exit it prints a summary whose lines a test harness can parse: `served:
 //! connections=N requests=N errors=N bytes_read=N bytes_written=N`, `device: ...`,
@@ -17,6 +18,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use remap_service::blocks::{BlockList, BlockRange};
@@ -25,6 +28,7 @@ use remap_service::serve::MAX_FAULT_BLOCKS;
 use remap_service::{ConnectionLimits, FaultPlan, ListenAddr, ServeConfig, ServeSummary, Serving};
 
 use crate::error::CliError;
+use crate::stop::{STOP_SIGNALS, Stopped};
 
 /// Blocks listed by number in the exit summary's `remapped:` and `pending:` lines; beyond
 /// this only the count is printed (`remap dump` lists them all).
@@ -56,13 +60,14 @@ Examples:
   remap serve main.img spare.img --socket /tmp/remap.sock --read-only
   remap serve main.img spare.img --create --fail-write 100-199 --fail-read 7 --flaky 0.001 --seed 42";
 
-/// Export the remapped device over NBD until SIGINT or SIGTERM.
+/// Export the remapped device over NBD until SIGINT, SIGTERM or SIGHUP.
 ///
 /// Serves MAIN through the remap table on SPARE to NBD clients (qemu, nbdinfo, nbdcopy,
 /// fio, the Linux nbd client): failing writes move blocks to the spare, failing reads are
 /// reported as errors and marked pending, never answered with made-up data. Listens on
-/// 127.0.0.1:10809 unless --listen or --socket says otherwise. On SIGINT or SIGTERM: stops
-/// accepting, finishes requests in flight, flushes, checkpoints, exits 0.
+/// 127.0.0.1:10809 unless --listen or --socket says otherwise. On SIGINT, SIGTERM or
+/// SIGHUP: stops accepting, finishes requests in flight, flushes, checkpoints, prints the
+/// summary on stderr, exits 130, 143 or 129 (128 + the signal).
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
@@ -365,27 +370,39 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     // Catch the signals before saying we listen, so a client that stops us at once is
     // heard.
     let stop = serving.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|source| CliError::Signals { source })?;
+    let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)
+        .map_err(|source| CliError::Signals { source })?;
+    let stopped_by = Arc::new(AtomicI32::new(0));
+    let stopped_by_thread = stopped_by.clone();
     std::thread::spawn(move || {
         let mut received = signals.forever();
-        if received.next().is_some() {
+        if let Some(signal) = received.next() {
             tracing::info!("signal received: finishing requests in flight, then stopping");
+            stopped_by_thread.store(signal, Ordering::SeqCst);
             stop.stop();
         }
-        if received.next().is_some() {
+        if let Some(signal) = received.next() {
             eprintln!("remap: second signal: exiting now; the journal keeps what was made durable");
-            std::process::exit(i32::from(crate::error::EXIT_FAILED));
+            std::process::exit(128 + signal);
         }
     });
 
     print_started(args, &serving, &fail_read, &fail_write, out)?;
     out.flush()?;
     let summary = serving.wait()?;
-    print_summary(&summary, out)
+    // Stopped by a signal (the usual end): the summary goes to stderr, and the exit status
+    // says which signal, as for map, unmap and scrub.
+    match stopped_by.load(Ordering::SeqCst) {
+        0 => print_summary(&summary, out),
+        signal => {
+            print_summary(&summary, &mut std::io::stderr())?;
+            Err(Stopped::Signal {
+                signal,
+                what: "requests in flight finished, device flushed and checkpointed".to_string(),
+            }
+            .into())
+        }
+    }
 }
 
 /// What is served where, and what to try (the demo).

@@ -10,7 +10,7 @@ use remap_service::transfer::{self, Outcome, Paths};
 use remap_service::control::{self, Request};
 use remap_service::live::MapReply;
 
-use crate::cmd::map::{control_blocks, control_report, totals};
+use crate::cmd::map::{control_blocks, control_report, moves};
 use crate::error::CliError;
 
 const AFTER_HELP: &str = "\
@@ -92,12 +92,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         main: &main_path,
         spare: &spare_path,
     };
-    let summary = transfer::unmap_blocks(device, &blocks, paths, &mut |o| report(o, out))?;
-    writeln!(out, "unmap: {}", totals(&summary))?;
-    Ok(transfer::finish(device, summary, paths)?)
+    moves("unmap", device, paths, out, report, |each| {
+        transfer::unmap_blocks(device, &blocks, paths, each)
+    })
 }
 
-fn report(outcome: &Outcome, out: &mut dyn Write) -> Result<(), CliError> {
+fn report(outcome: &Outcome, out: &mut dyn Write) -> std::io::Result<()> {
     match outcome {
         Outcome::Unmapped { lba, spare } => writeln!(
             out,

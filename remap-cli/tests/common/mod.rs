@@ -207,10 +207,11 @@ impl Served {
         (code, out.unwrap_or_default(), err.unwrap_or_default())
     }
 
-    /// SIGTERM; require exit 0.
+    /// SIGTERM; require the orderly stop's 143 (128 + SIGTERM). Returns (stdout rest,
+    /// stderr), the exit summary being on stderr.
     pub fn stop(self) -> (String, String) {
         let (code, out, err) = self.signal("TERM");
-        assert_eq!(code, 0, "remap serve exit status\n{out}\n{err}");
+        assert_eq!(code, 143, "remap serve exit status\n{out}\n{err}");
         (out, err)
     }
 }
