@@ -11,39 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Files, Hashes, must, remap, require, s, sha256, text, tool, wait_for};
+use common::{Files, Hashes, Loop, remap, require, s, sha256, text, tool, wait_for};
 
 const MIB: u64 = 1 << 20;
-
-/// A loop device, detached on drop.
-struct Loop {
-    dev: PathBuf,
-}
-
-impl Loop {
-    fn attach(file: &Path, args: &[&str]) -> Loop {
-        require("losetup", "mount");
-        let out = must(
-            tool("losetup")
-                .args(["--find", "--show"])
-                .args(args)
-                .arg(file),
-        );
-        Loop {
-            dev: PathBuf::from(out.trim()),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.dev
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = tool("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
 
 /// `remap create MAIN SPARE`: refused as a usage error naming both, nothing changed.
 #[track_caller]

@@ -51,6 +51,10 @@ pub enum PairError {
     #[error(transparent)]
     SharedStorage(#[from] crate::storage::StorageError),
 
+    /// A device the operation must write is read-only. Nothing was opened.
+    #[error(transparent)]
+    ReadOnly(#[from] crate::writable::WritableError),
+
     /// Opening the main or spare device failed (missing, not a device, in use).
     #[error("{}: cannot open the {role} device: {}", path.display(), describe_open(.source))]
     OpenDevice {
@@ -184,6 +188,12 @@ impl Pair {
     ) -> Result<Pair, PairError> {
         refuse_same_device(main, spare)?;
         crate::storage::refuse_shared(main, spare)?;
+        if main_access == Access::ReadWrite {
+            crate::writable::refuse_read_only(main, "main")?;
+        }
+        if spare_access == Access::ReadWrite {
+            crate::writable::refuse_read_only(spare, "spare")?;
+        }
         let main_dev = open_device(main, Role::Main, main_access)?;
         let spare_dev = open_device(spare, Role::Spare, spare_access)?;
         Ok(Pair {

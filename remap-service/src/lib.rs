@@ -7,6 +7,7 @@
 //! - [`devices`]: opening and locking a pair ([`devices::Pair`]), formatting a blank spare;
 //! - [`signatures`]: what a device already holds (foreign signatures, remap metadata), asked
 //!   before formatting over it;
+//! - [`writable`]: refusing a read-only device a command must write;
 //! - [`storage`]: whether MAIN and SPARE share storage (loop devices, partitions, stacks);
 //! - [`blocks`]: block lists; [`transfer`]: moving blocks to the spare and back;
 //!   [`budget`]: whether a map fits the free spare blocks;
@@ -43,6 +44,7 @@ pub mod throttle;
 pub mod time;
 pub mod transfer;
 pub mod window;
+pub mod writable;
 
 pub use devices::{Access, Pair, PairError};
 pub use live::Live;

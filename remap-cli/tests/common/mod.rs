@@ -278,3 +278,34 @@ impl Hashes {
         );
     }
 }
+
+/// A loop device, detached on drop.
+pub struct Loop {
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    /// `losetup --find --show ARGS FILE`.
+    pub fn attach(file: &Path, args: &[&str]) -> Loop {
+        require("losetup", "mount");
+        let out = must(
+            tool("losetup")
+                .args(["--find", "--show"])
+                .args(args)
+                .arg(file),
+        );
+        Loop {
+            dev: PathBuf::from(out.trim()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dev
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = tool("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
