@@ -10,7 +10,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use remap_core::DeviceError;
+use remap_core::{DeviceError, HealthState};
 use remap_meta::open::MetaError;
 use remap_service::ServeError;
 use remap_service::blocks::OutOfRange;
@@ -31,6 +31,15 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit status for a usage error (clap uses the same for its own errors).
 pub const EXIT_USAGE: u8 = 2;
+/// `remap health`'s exit status follows the monitoring plugin convention (Nagios, Icinga,
+/// Sensu): 0 healthy, 1 degraded, 2 critical, 3 unknown (no verdict: a device could not be
+/// opened or read). A usage error is 2 as for every command: a misconfigured check then
+/// shows as critical, loud rather than silent.
+pub const EXIT_HEALTH_DEGRADED: u8 = 1;
+/// See [`EXIT_HEALTH_DEGRADED`].
+pub const EXIT_HEALTH_CRITICAL: u8 = 2;
+/// See [`EXIT_HEALTH_DEGRADED`].
+pub const EXIT_HEALTH_UNKNOWN: u8 = 3;
 /// Exit status when a command was stopped by SIGINT or SIGTERM (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -208,6 +217,14 @@ pub enum CliError {
     #[error(transparent)]
     Stopped(#[from] crate::stop::Stopped),
 
+    /// `remap health`: the verdict is not healthy (the report was printed).
+    #[error("health is {state}")]
+    Unhealthy { state: HealthState },
+
+    /// `remap health` could not reach a verdict: exit 3 (unknown) instead of 1.
+    #[error("{0}")]
+    NoVerdict(Box<CliError>),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -235,6 +252,11 @@ impl CliError {
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             CliError::Stopped(s) => s.signal_exit_code().unwrap_or(EXIT_FAILED),
+            CliError::Unhealthy { state } => match state {
+                HealthState::Critical => EXIT_HEALTH_CRITICAL,
+                _ => EXIT_HEALTH_DEGRADED,
+            },
+            CliError::NoVerdict(_) => EXIT_HEALTH_UNKNOWN,
             _ => EXIT_FAILED,
         }
     }

@@ -48,6 +48,8 @@ Exit status: 0 success, 1 the operation failed or problems remain (or stdout cou
 be written), 2 usage error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP: map, unmap, scrub
 and serve finish the block in hand, commit, checkpoint and print their summary on stderr
 first (a second signal exits at once; what was acknowledged is in the journal).
+`remap health` exits as monitoring plugins expect: 0 healthy, 1 degraded, 2 critical,
+3 unknown (no verdict).
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.

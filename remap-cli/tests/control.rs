@@ -126,7 +126,7 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     assert_eq!(st["scrub_passes"], 1);
 
     // Health, live: degraded by the pending blocks, with rates over the windows.
-    let h = remap_json(&["health", "--control", c, "--json"]);
+    let h = health_json(&["health", "--control", c, "--json"]);
     assert_eq!(h["state"], "degraded");
     assert!(
         h["reasons"][0]["message"]
@@ -148,7 +148,7 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     );
     // The windows are fed every second: the pending marks appear in the minute window.
     wait_for(Duration::from_secs(10), "the minute window", || {
-        let h = remap_json(&["health", "--control", c, "--json"]);
+        let h = health_json(&["health", "--control", c, "--json"]);
         (h["rates"]["windows"][0]["pending_marked"] == 3).then_some(())
     });
 
@@ -161,7 +161,7 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
         "{}",
         text(&o)
     );
-    let h = remap_json(&["health", "--control", c, "--json"]);
+    let h = health_json(&["health", "--control", c, "--json"]);
     assert_eq!(h["state"], "critical");
     let o = remap(&["set", "--control", c, "--pending-degraded", "9"]);
     assert_eq!(o.status.code(), Some(1));

@@ -309,3 +309,19 @@ impl Drop for Loop {
         let _ = tool("losetup").arg("-d").arg(&self.dev).status();
     }
 }
+
+/// Run `remap health ARGS --json`: its exit status is the verdict's (0 healthy,
+/// 1 degraded, 2 critical) and must agree with the printed state.
+pub fn health_json(args: &[&str]) -> Value {
+    let o = remap(args);
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)));
+    let want = match v["state"].as_str() {
+        Some("healthy") => 0,
+        Some("degraded") => 1,
+        Some("critical") => 2,
+        other => panic!("no state ({other:?}): {}", text(&o)),
+    };
+    assert_eq!(o.status.code(), Some(want), "{}", text(&o));
+    v
+}
