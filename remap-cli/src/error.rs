@@ -250,6 +250,9 @@ impl CliError {
                     | ServeError::Pair(PairError::SameDevice { .. } | PairError::SharedStorage(_)),
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
+            CliError::Control {
+                source: ControlError::UsageRefused { .. },
+            } => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             CliError::Stopped(s) => s.signal_exit_code().unwrap_or(EXIT_FAILED),
             CliError::Unhealthy { state } => match state {

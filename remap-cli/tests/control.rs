@@ -95,7 +95,8 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("already on spare block"));
     // Refusals come back as messages: past the end, unreadable data.
     let o = remap(&["map", "--control", c, "99999999"]);
-    assert_eq!(o.status.code(), Some(1));
+    // Past the end is a usage error, exit 2 as offline.
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("beyond the end"),
         "{}",
@@ -164,7 +165,8 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     let h = health_json(&["health", "--control", c, "--json"]);
     assert_eq!(h["state"], "critical");
     let o = remap(&["set", "--control", c, "--pending-degraded", "9"]);
-    assert_eq!(o.status.code(), Some(1));
+    // A usage error, as offline.
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("above the critical one"));
 
     let (out, err) = served.stop();

@@ -68,3 +68,76 @@ fn health_exits_with_monitoring_codes() {
     let o = remap(&["health", m]);
     assert_eq!(code(&o), 2, "{}", text(&o));
 }
+
+/// A usage error: exit 2, one clear line, both devices unchanged.
+#[track_caller]
+fn usage_error(f: &Files, args: &[&str], want: &str) {
+    let before = Hashes::of(&f.main, &f.spare);
+    let o = remap(args);
+    assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
+    assert!(
+        err(&o).contains(want),
+        "{args:?}: {want:?} not in {}",
+        err(&o)
+    );
+    before.assert_unchanged(&f.main, &f.spare, &format!("{args:?}"));
+}
+
+#[test]
+fn bad_sizes_rates_and_zero_thresholds_are_usage_errors() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    let (m, sp) = (s(&f.main), s(&f.spare));
+    usage_error(
+        &f,
+        &["create", m, sp, "--journal-blocks", "3"],
+        "4..=1048576",
+    );
+    usage_error(&f, &["create", m, sp, "--spare-blocks", "0"], "1..");
+    for t in [
+        "--pending-critical",
+        "--pending-degraded",
+        "--error-rate-degraded",
+        "--error-rate-critical",
+        "--spare-used-degraded",
+        "--spare-used-critical",
+    ] {
+        usage_error(&f, &["create", m, sp, t, "0"], "0 is not in 1..");
+    }
+    f.create(&[]);
+    usage_error(
+        &f,
+        &["set", m, sp, "--pending-critical", "0"],
+        "0 is not in 1..",
+    );
+    for rate in ["1e-300", "-1", "0"] {
+        usage_error(&f, &["scrub", m, sp, "--rate", rate], "is outside 0.01 to");
+    }
+}
+
+/// The same mistake exits the same offline and through a running server.
+#[test]
+fn the_same_mistake_exits_the_same_offline_and_with_control() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    f.create(&[]);
+    let (m, sp) = (s(&f.main), s(&f.spare));
+    let offline = [
+        vec!["map", m, sp, "99999"],
+        vec!["unmap", m, sp, "99999"],
+        vec!["set", m, sp, "--pending-degraded", "100"],
+    ];
+    let offline_codes: Vec<i32> = offline.iter().map(|a| code(&remap(a))).collect();
+    assert_eq!(offline_codes, [2, 2, 2]);
+    let ctl = f.path("ctl");
+    let sock = f.path("nbd.sock");
+    let served = Served::start(&f, &["--socket", s(&sock), "--control", s(&ctl)]);
+    let c = s(&ctl);
+    for args in [
+        vec!["map", "--control", c, "99999"],
+        vec!["unmap", "--control", c, "99999"],
+        vec!["set", "--control", c, "--pending-degraded", "100"],
+    ] {
+        let o = remap(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
+    }
+    served.stop();
+}

@@ -54,12 +54,14 @@ pub struct Args {
 
     /// Journal ring size in 4 KiB blocks (4 to 1048576). Default: 1/64 of SPARE, between 64
     /// and 1024.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(
+        i64::from(remap_meta::layout::MIN_JOURNAL_BLOCKS)..=i64::from(remap_meta::layout::MAX_JOURNAL_BLOCKS)
+    ))]
     pub journal_blocks: Option<u32>,
 
     /// Number of spare blocks in the pool. Default: all the room SPARE has after the
     /// metadata.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub spare_blocks: Option<u64>,
 
     /// Health thresholds and read retries to start with.

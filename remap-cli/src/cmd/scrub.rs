@@ -70,7 +70,7 @@ pub struct Args {
     pub to: Option<u64>,
 
     /// Read at most this many MiB per second (fractions allowed).
-    #[arg(long, value_name = "MiB/s", value_parser = parse_rate)]
+    #[arg(long, value_name = "MiB/s", value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
 
     /// With --control: show the background scrub's progress instead of starting one.
@@ -86,13 +86,20 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The slowest --rate: 10 KiB/s, so that even a 64 KiB block is read within seconds.
+const MIN_RATE_MIB: f64 = 0.01;
+/// The fastest --rate: far above any device; "unlimited" is the absence of --rate.
+const MAX_RATE_MIB: f64 = 1e9;
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number of MiB/s"))?;
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
-        return Err(format!("{text:?} is not a rate above 0 MiB/s"));
+    if !(rate.is_finite() && (MIN_RATE_MIB..=MAX_RATE_MIB).contains(&rate)) {
+        return Err(format!(
+            "{text:?} is outside {MIN_RATE_MIB} to {MAX_RATE_MIB} MiB/s (a slower scrub would read nothing for hours; to stop one, use --stop or Ctrl-C)"
+        ));
     }
     Ok(rate)
 }
