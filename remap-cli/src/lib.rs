@@ -7,11 +7,13 @@
 //! prints, and maps errors to exit codes:
 //!
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
+//! - [`address`]: TCP addresses on the command line;
 //! - [`stop`]: the orderly stop on SIGINT, SIGTERM, SIGHUP or a closed stdout;
 //! - [`error`]: the error type and its exit codes;
 //! - [`units`]: sizes for the human-readable output.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod cmd;
 pub mod error;
 pub mod stop;

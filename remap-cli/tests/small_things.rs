@@ -141,3 +141,67 @@ fn the_same_mistake_exits_the_same_offline_and_with_control() {
     }
     served.stop();
 }
+
+/// A listen failure names the address, not MAIN; `--listen localhost:PORT` is accepted.
+#[test]
+fn listen_failures_name_the_address_and_host_names_are_accepted() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    f.create(&[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let before = Hashes::of(&f.main, &f.spare);
+    let o = remap(&["serve", s(&f.main), s(&f.spare), "--listen", &addr]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let e = err(&o);
+    assert!(
+        e.starts_with(&format!("remap: cannot listen on {addr}")),
+        "{e}"
+    );
+    assert!(
+        !e.contains(s(&f.main)),
+        "a listen failure is not MAIN's: {e}"
+    );
+    before.assert_unchanged(&f.main, &f.spare, "serve that cannot listen");
+    drop(taken);
+
+    let served = Served::start(&f, &["--listen", "localhost:0"]);
+    assert!(
+        served
+            .lines
+            .iter()
+            .any(|l| l.starts_with("listening on nbd://127.0.0.1:")),
+        "{:?}",
+        served.lines
+    );
+    served.stop();
+}
+
+/// README and --help agree on the control socket path and the metrics address, and the
+/// README says how to put `remap` on PATH.
+#[test]
+fn readme_and_help_agree() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let mut help = String::new();
+    for cmd in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["status", "--help"],
+        &["health", "--help"],
+        &["map", "--help"],
+        &["unmap", "--help"],
+    ] {
+        help.push_str(&String::from_utf8_lossy(&remap(cmd).stdout));
+    }
+    assert!(help.contains("/run/remap.ctl"), "{help}");
+    for (doc, text) in [("README", &readme), ("--help", &help)] {
+        assert!(
+            !text.contains("/run/remap.sock"),
+            "{doc} names another socket path"
+        );
+        assert!(!text.contains(":9100"), "{doc} uses node_exporter's port");
+    }
+    assert!(readme.contains("/run/remap.ctl"));
+    assert!(help.contains("127.0.0.1:10810") && readme.contains("127.0.0.1:10810"));
+    assert!(readme.contains("cargo install") && readme.contains("PATH"));
+}

@@ -127,7 +127,11 @@ pub enum ServeError {
     #[error("the fault lists name {blocks} blocks together; at most {max} may be injected")]
     TooManyFaultBlocks { blocks: u64, max: u64 },
 
-    /// The NBD server could not start or failed while serving.
+    /// The NBD server could not listen (the message names the address).
+    #[error("{0}")]
+    Listen(#[source] ServerError),
+
+    /// The NBD server failed while serving.
     #[error("{}: cannot serve: {source}", path.display())]
     Nbd {
         path: PathBuf,
@@ -275,10 +279,8 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
     }
     let export: Arc<dyn BlockBackend> = device.clone();
     let state: Arc<dyn BlockStateSource> = device.clone();
-    let server = Server::new(export, Some(state), nbd).map_err(|source| ServeError::Nbd {
-        path: main_path.clone(),
-        source,
-    })?;
+    // A listen failure is about the address, not about MAIN: its message names it.
+    let server = Server::new(export, Some(state), nbd).map_err(ServeError::Listen)?;
     let stopper = Stopper(server.shutdown_handle());
     let listening = server.local_addrs().to_vec();
 

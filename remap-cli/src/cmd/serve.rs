@@ -86,9 +86,9 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["main", "spare"])]
     pub demo: bool,
 
-    /// TCP address to listen on (port 0 picks a free one). Default 127.0.0.1:10809 unless
-    /// --socket is given.
-    #[arg(long, value_name = "ADDR")]
+    /// TCP address to listen on, HOST:PORT (a host name such as localhost is resolved; port
+    /// 0 picks a free one). Default 127.0.0.1:10809 unless --socket is given.
+    #[arg(long, value_name = "ADDR", value_parser = crate::address::parse_socket_addr)]
     pub listen: Vec<SocketAddr>,
 
     /// Unix socket to listen on.
@@ -129,8 +129,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics; without ADDR (put --metrics after
+    /// MAIN and SPARE) at 127.0.0.1:10810, beside the NBD port and outside the exporters'
+    /// 9100-9999 (9100 is node_exporter's). Port 0 picks a free one.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = crate::address::DEFAULT_METRICS_ADDR,
+        value_parser = crate::address::parse_socket_addr
+    )]
     pub metrics: Option<SocketAddr>,
 
     /// Format SPARE first if it holds no remap metadata (as `remap create MAIN SPARE` with
