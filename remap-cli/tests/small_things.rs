@@ -205,3 +205,21 @@ fn readme_and_help_agree() {
     assert!(help.contains("127.0.0.1:10810") && readme.contains("127.0.0.1:10810"));
     assert!(readme.contains("cargo install") && readme.contains("PATH"));
 }
+
+/// `map` and `scrub` only read MAIN: they work on a read-only MAIN (a loop device attached
+/// `--read-only`; needs root and the loop driver), and leave it unchanged.
+#[test]
+fn map_and_scrub_open_main_read_only() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    f.create(&[]);
+    std::fs::write(&f.main, vec![0x3Cu8; MAIN_SIZE as usize]).unwrap();
+    let ro = Loop::attach(&f.main, &["--read-only"]);
+    let main_before = sha256(ro.path());
+    let o = remap(&["map", s(ro.path()), s(&f.spare), "5-6"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = remap(&["scrub", s(ro.path()), s(&f.spare)]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(sha256(ro.path()), main_before, "MAIN changed");
+    let st = remap_json(&["status", s(ro.path()), s(&f.spare), "--json"]);
+    assert_eq!(st["blocks"]["remapped"], 2);
+}

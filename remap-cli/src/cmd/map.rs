@@ -45,7 +45,8 @@ Examples:
 /// mapping is journaled and flushed before the next block starts.
 ///
 /// Use it to move blocks away before they fail for good (after a SMART warning, or blocks
-/// that read slowly). A block whose data cannot be read is refused, unless
+/// that read slowly). Opens MAIN read-only: it is read, never written. A block whose data
+/// cannot be read is refused, unless
 /// --zero-unreadable says zeroes may take its place. The other blocks are still moved; the
 /// command exits 1 if any block failed. Ends with a flush of both devices and a checkpoint;
 /// if nothing moved, nothing is written.
@@ -132,7 +133,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         return Err(no_blocks());
     }
     let blocks = BlockList::new(&args.blocks);
-    let pair = Pair::open(main, spare, Access::ReadWrite, Access::ReadWrite)?;
+    // MAIN is only read: a read-only MAIN (a write-protected disk) can still be rescued.
+    let pair = Pair::open(main, spare, Access::ReadOnly, Access::ReadWrite)?;
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     let opened = pair.into_device()?;
     let device = &opened.device;

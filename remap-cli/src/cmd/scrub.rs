@@ -141,7 +141,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let pair = Pair::open(&p.main, &p.spare, Access::ReadWrite, Access::ReadWrite)?;
+    // MAIN is only read.
+    let pair = Pair::open(&p.main, &p.spare, Access::ReadOnly, Access::ReadWrite)?;
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     let opened = pair.into_device()?;
     let device = &opened.device;
