@@ -223,3 +223,28 @@ fn map_and_scrub_open_main_read_only() {
     let st = remap_json(&["status", s(ro.path()), s(&f.spare), "--json"]);
     assert_eq!(st["blocks"]["remapped"], 2);
 }
+
+/// Nothing is written when nothing changed: an idle read-only `serve` stopped, and `set`
+/// with the values already set (offline and through the server).
+#[test]
+fn an_idle_serve_and_an_unchanged_set_write_nothing() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    f.create(&["--pending-critical", "50"]);
+    let (m, sp) = (s(&f.main), s(&f.spare));
+    let before = Hashes::of(&f.main, &f.spare);
+    let sock = f.path("nbd.sock");
+    let served = Served::start(&f, &["--socket", s(&sock), "--read-only"]);
+    served.stop();
+    before.assert_unchanged(&f.main, &f.spare, "an idle read-only serve");
+
+    let o = remap(&["set", m, sp, "--pending-critical", "50"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    before.assert_unchanged(&f.main, &f.spare, "set to the value already set");
+
+    let ctl = f.path("ctl");
+    let served = Served::start(&f, &["--socket", s(&sock), "--control", s(&ctl)]);
+    let o = remap(&["set", "--control", s(&ctl), "--pending-critical", "50"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    served.stop();
+    before.assert_unchanged(&f.main, &f.spare, "set --control to the value already set");
+}

@@ -195,6 +195,9 @@ pub struct Serving {
     stopper: Stopper,
     helpers: Vec<JoinHandle<()>>,
     before: StatsSnapshot,
+    /// The metadata sequence at open: unchanged at exit (and no I/O counted) means nothing
+    /// to checkpoint.
+    sequence_at_open: u64,
     faulty: Option<Arc<FaultyBackend<FileBackend>>>,
     listening: Vec<ListenAddr>,
     control: Option<PathBuf>,
@@ -255,6 +258,7 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
     let superblock = opened.superblock;
     let device: Arc<ServedDevice> = Arc::new(opened.device);
     let before = device.stats();
+    let sequence_at_open = device.sequence();
 
     let mut nbd = ServerConfig {
         name: config.name.clone(),
@@ -309,6 +313,7 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
         stopper,
         helpers,
         before,
+        sequence_at_open,
         faulty,
         listening,
         control,
@@ -407,9 +412,17 @@ impl Serving {
                 tracing::error!("a helper thread of the server panicked");
             }
         }
-        // Whatever the server did, end with a clean shutdown of the device.
+        // End with a clean shutdown of the device (flush + checkpoint), unless nothing
+        // changed since the open (no metadata change, no I/O counted but the server's own
+        // final flush): then nothing is written.
         let device = &self.live.device;
-        let shutdown = device.shutdown();
+        let idle = {
+            let mut now = device.stats();
+            now.flushes = self.before.flushes;
+            now.latency = self.before.latency.clone();
+            device.sequence() == self.sequence_at_open && now == self.before
+        };
+        let shutdown = if idle { Ok(()) } else { device.shutdown() };
         let nbd = served.map_err(|source| ServeError::Nbd {
             path: main_path,
             source,
