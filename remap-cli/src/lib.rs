@@ -9,6 +9,7 @@
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
 //! - [`address`]: TCP addresses on the command line;
 //! - [`stop`]: the orderly stop on SIGINT, SIGTERM, SIGHUP or a closed stdout;
+//! - [`plain_json`]: JSON for programs without Rust's `Result` and enum encodings;
 //! - [`error`]: the error type and its exit codes;
 //! - [`units`]: sizes for the human-readable output.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod address;
 pub mod cmd;
 pub mod error;
+pub mod plain_json;
 pub mod stop;
 pub mod units;
 

@@ -248,3 +248,48 @@ fn an_idle_serve_and_an_unchanged_set_write_nothing() {
     served.stop();
     before.assert_unchanged(&f.main, &f.spare, "set --control to the value already set");
 }
+
+/// `check --json` follows its documented schema: no Rust `{"Ok": ...}` encodings; a value
+/// that could not be read is `{"error": ...}`.
+#[test]
+fn check_json_has_a_documented_schema() {
+    fn has_rust_encoding(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.keys().any(|k| k == "Ok" || k == "Err") || m.values().any(has_rust_encoding)
+            }
+            serde_json::Value::Array(a) => a.iter().any(has_rust_encoding),
+            _ => false,
+        }
+    }
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    f.create(&[]);
+    let (m, sp) = (s(&f.main), s(&f.spare));
+    let v = remap_json(&["check", m, sp, "--json"]);
+    assert!(!has_rust_encoding(&v), "{v:#}");
+    assert!(
+        v["check"]["recovery"]["superblock_used"].is_string(),
+        "{v:#}"
+    );
+    assert!(v["check"]["checkpoints"][0].is_u64(), "{v:#}");
+    assert!(
+        v["check"]["recovery"]["journal_stop"]["kind"].is_string(),
+        "{v:#}"
+    );
+    // A checkpoint area destroyed: its entry is {"error": ...}.
+    let status = remap_json(&["status", m, sp, "--json"]);
+    let area = status["geometry"]["checkpoint_offsets"][0]
+        .as_u64()
+        .unwrap();
+    let mut img = std::fs::read(&f.spare).unwrap();
+    for b in &mut img[area as usize..area as usize + 4096] {
+        *b = !*b;
+    }
+    std::fs::write(&f.spare, img).unwrap();
+    let o = remap(&["check", m, sp, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(!has_rust_encoding(&v), "{v:#}");
+    assert!(v["check"]["checkpoints"][0]["error"].is_string(), "{v:#}");
+    let help = String::from_utf8_lossy(&remap(&["check", "--help"]).stdout).into_owned();
+    assert!(help.contains("--json prints one object"), "{help}");
+}
