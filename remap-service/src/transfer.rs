@@ -129,6 +129,8 @@ pub struct Summary {
     pub failed: u64,
     /// Blocks never tried because an error stopped the loop first.
     pub not_tried: u64,
+    /// The device the first failed block's error was about, for the closing count.
+    pub failed_on: Option<PathBuf>,
     /// The error that stopped the loop early, if any.
     pub stopped_by: Option<BlockError>,
     /// The caller's report asked to stop (a signal, a closed output) after the block in
@@ -211,7 +213,10 @@ fn settle(
     match &outcome {
         Outcome::Mapped { .. } | Outcome::Unmapped { .. } => summary.changed += 1,
         Outcome::AlreadyMapped { .. } | Outcome::AlreadyOnMain { .. } => summary.unchanged += 1,
-        Outcome::Failed(_) => summary.failed += 1,
+        Outcome::Failed(e) => {
+            summary.failed += 1;
+            summary.failed_on.get_or_insert_with(|| e.path.clone());
+        }
     }
     // The caller asking to stop ends the loop like a device error: what moved is durable,
     // the rest is not tried.
@@ -325,7 +330,9 @@ pub fn finish<M: BlockBackend, S: BlockBackend>(
     }
     if summary.failed > 0 {
         return Err(TransferError::BlocksFailed {
-            path: paths.main.to_path_buf(),
+            path: summary
+                .failed_on
+                .unwrap_or_else(|| paths.main.to_path_buf()),
             failed: summary.failed,
             requested: summary.requested,
         });
