@@ -104,3 +104,23 @@ fn create_refuses_swapped_arguments_even_with_force() {
     write_at(&f.spare, 100, &[0xFF; 8]);
     refused(&f.spare, &other_spare, &["--force"], &["look swapped"]);
 }
+
+/// `remap status SPARE MAIN` (swapped) says so instead of suggesting `remap create`, which
+/// would format the failing disk; map and check likewise change nothing.
+#[test]
+fn swapped_arguments_are_named_not_answered_with_create() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    f.create(&[]);
+    // The spare is smaller than MAIN: swapped, "MAIN" is the spare.
+    let before = Hashes::of(&f.main, &f.spare);
+    for cmd in [&["status"][..], &["dump"], &["map", "1"], &["health"]] {
+        let mut args = vec![cmd[0], s(&f.spare), s(&f.main)];
+        args.extend_from_slice(&cmd[1..]);
+        let o = remap(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+        assert!(err.contains("look swapped"), "{args:?}: {err}");
+        assert!(!err.contains("remap create"), "{args:?}: {err}");
+    }
+    before.assert_unchanged(&f.main, &f.spare, "commands with swapped arguments");
+}
