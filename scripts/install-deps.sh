@@ -38,6 +38,9 @@ check promtool prometheus
 check wipefs util-linux
 check mkswap util-linux
 check mkfs.ext4 e2fsprogs
+# The shared-storage and read-only tests attach real loop devices (root, loop driver).
+check losetup mount
+check partx util-linux
 # nbdsh needs the Python module too (nbdsh is a script in libnbd-bin on some releases).
 if ! PATH=/usr/bin:$PATH /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1; then need_apt+=(python3-libnbd); fi
 # shellcheck disable=SC2207
@@ -46,7 +49,7 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then
