@@ -15,14 +15,19 @@
 //! - [`control`]: the control protocol, its server and its client; [`metrics`]: the
 //!   Prometheus endpoint;
 //! - [`serve()`]: a pair served over NBD with all of the above, as a stoppable handle;
+//! - [`table_line`]: the `dm-remap-v4` table line and device-mapper names;
+//!   [`dmsetup`]: device-mapper through `dmsetup`; [`activation`]: a pair brought up as a
+//!   kernel device and taken down (`remap table`, `activate`, `deactivate`);
 //! - [`time`]: times as the reports carry them.
 //!
 //! Errors are one enum per area, each message naming the device it is about.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod blocks;
 pub mod control;
 pub mod devices;
+pub mod dmsetup;
 pub mod health;
 pub mod live;
 pub mod metrics;
@@ -32,6 +37,7 @@ pub mod serve;
 pub mod settings;
 pub mod smart;
 pub mod status;
+pub mod table_line;
 pub mod throttle;
 pub mod time;
 pub mod transfer;

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 use remap_service::settings::SettingChanges;
 
+pub mod activate;
 pub mod check;
 pub mod create;
+pub mod deactivate;
 pub mod dump;
 pub mod health;
 pub mod map;
@@ -17,6 +19,7 @@ pub mod scrub;
 pub mod serve;
 pub mod set;
 pub mod status;
+pub mod table;
 pub mod unmap;
 
 /// The device pair, positional, main first.
