@@ -188,6 +188,22 @@ pub enum CliError {
         source: ActivationError,
     },
 
+    /// The boot configuration could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Remaptab {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Lines of the boot configuration were skipped; each was reported before.
+    #[error("{}: {bad} bad line(s) skipped; see the messages above", path.display())]
+    RemaptabLines { path: PathBuf, bad: usize },
+
+    /// The generator could not write its units.
+    #[error(transparent)]
+    Units(#[from] remap_service::boot_units::UnitsError),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {

@@ -87,6 +87,7 @@ pub enum Command {
     Table(cmd::table::Args),
     Activate(cmd::activate::Args),
     Deactivate(cmd::deactivate::Args),
+    SystemdGenerator(cmd::generator::Args),
 }
 
 /// Log to stderr. `-v` sets the level; without it `RUST_LOG` does; without either only
@@ -123,6 +124,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Table(args) => cmd::table::run(&args, out),
         Command::Activate(args) => cmd::activate::run(&args, out),
         Command::Deactivate(args) => cmd::deactivate::run(&args, out),
+        Command::SystemdGenerator(args) => cmd::generator::run(&args, out),
     }
 }
 

@@ -53,6 +53,14 @@ pub enum ActivationError {
     #[error(transparent)]
     TableLine(#[from] TableLineError),
 
+    /// A spare given as `UUID=` was not found, or not once.
+    #[error(transparent)]
+    Lookup(#[from] crate::spare_lookup::LookupError),
+
+    /// `UUID=` followed by something that is not a UUID.
+    #[error("'{value}' is not a UUID (expected UUID= and 8-4-4-4-12 hexadecimal digits)")]
+    BadUuid { value: String },
+
     /// No device-mapper device of this name.
     #[error("{name}: no device-mapper device of this name")]
     NotFound { name: String },
@@ -92,6 +100,7 @@ impl ActivationError {
             ActivationError::Name(_)
                 | ActivationError::Pair(PairError::SameDevice { .. })
                 | ActivationError::TableLine(TableLineError::PathWithSpace { .. })
+                | ActivationError::BadUuid { .. }
         )
     }
 }
@@ -165,6 +174,7 @@ pub fn table_line(
     spare: &Path,
     overrides: &SettingChanges,
 ) -> Result<TableLine, ActivationError> {
+    let spare = &resolve_spare(main, spare)?;
     let pair = Pair::open(main, spare, Access::ReadOnly, Access::ReadOnly)?;
     let rec = pair.inspect()?;
     Ok(TableLine::for_pair(&pair, &rec.superblock, overrides)?)
@@ -179,8 +189,22 @@ pub struct Activated {
     pub table: TableLine,
 }
 
+/// The spare as given: a path, or `UUID=` and the UUID of its remap metadata, looked up
+/// among the block devices (leaving out `main`).
+pub fn resolve_spare(main: &Path, spare: &Path) -> Result<PathBuf, ActivationError> {
+    let text = spare.to_string_lossy();
+    let Some(uuid) = text.strip_prefix("UUID=") else {
+        return Ok(spare.to_path_buf());
+    };
+    let uuid = crate::remaptab::parse_uuid(uuid).ok_or_else(|| ActivationError::BadUuid {
+        value: text.to_string(),
+    })?;
+    Ok(crate::spare_lookup::find_spare(&uuid, main)?)
+}
+
 /// Create the device-mapper device `name` over the pair. See the module documentation for
-/// what is refused; nothing is written to either device by the checks.
+/// what is refused; nothing is written to either device by the checks. `spare` may be
+/// `UUID=...` ([`resolve_spare`]).
 pub fn activate(
     dm: &Dmsetup,
     name: &str,
@@ -201,6 +225,7 @@ pub fn activate(
             name: name.to_string(),
         });
     }
+    let spare = &resolve_spare(main, spare)?;
     // Opened for writing, so that a device someone else holds is refused here (O_EXCL on a
     // block device, the exclusive lock on both), with what holds it, rather than by the
     // kernel with EBUSY. Nothing is written; both are closed before the kernel opens them.

@@ -13,6 +13,7 @@ pub mod check;
 pub mod create;
 pub mod deactivate;
 pub mod dump;
+pub mod generator;
 pub mod health;
 pub mod map;
 pub mod scrub;
