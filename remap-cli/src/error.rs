@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use remap_core::DeviceError;
 use remap_meta::open::MetaError;
 use remap_service::ServeError;
+use remap_service::activation::ActivationError;
 use remap_service::blocks::OutOfRange;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
@@ -188,6 +189,29 @@ pub enum CliError {
     #[error(transparent)]
     Smart(#[from] SmartError),
 
+    /// `remap table`, `activate` or `deactivate` failed or refused.
+    #[error("{source}{}", hint_activation(.source))]
+    Activation {
+        #[from]
+        source: ActivationError,
+    },
+
+    /// The boot configuration could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Remaptab {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Lines of the boot configuration were skipped; each was reported before.
+    #[error("{}: {bad} bad line(s) skipped; see the messages above", path.display())]
+    RemaptabLines { path: PathBuf, bad: usize },
+
+    /// The generator could not write its units.
+    #[error(transparent)]
+    Units(#[from] remap_service::boot_units::UnitsError),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -213,6 +237,7 @@ impl CliError {
                     | ServeError::Pair(PairError::SameDevice { .. }),
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
+            CliError::Activation { source } if source.is_usage() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             _ => EXIT_FAILED,
         }
@@ -263,6 +288,14 @@ fn hint_transfer(e: &TransferError) -> &'static str {
 fn hint_serve(e: &ServeError) -> &'static str {
     match e {
         ServeError::Pair(p) => hint_pair(p),
+        _ => "",
+    }
+}
+
+fn hint_activation(e: &ActivationError) -> &'static str {
+    match e {
+        ActivationError::ModuleNotLoaded => " (load it with `modprobe dm_remap`)",
+        ActivationError::Pair(p) => hint_pair(p),
         _ => "",
     }
 }

@@ -374,6 +374,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         let mut received = signals.forever();
         if received.next().is_some() {
             tracing::info!("signal received: finishing requests in flight, then stopping");
+            if let Err(e) = remap_service::notify::notify("STOPPING=1") {
+                tracing::warn!("{e}");
+            }
             stop.stop();
         }
         if received.next().is_some() {
@@ -384,6 +387,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 
     print_started(args, &serving, &fail_read, &fail_write, out)?;
     out.flush()?;
+    // Under systemd (remap-serve@.service, Type=notify): ready once every address listens.
+    if let Err(e) = remap_service::notify::notify("READY=1") {
+        tracing::warn!("{e}");
+    }
     let summary = serving.wait()?;
     print_summary(&summary, out)
 }
