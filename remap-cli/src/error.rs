@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use remap_core::{DeviceError, HealthState};
 use remap_meta::open::MetaError;
 use remap_service::ServeError;
+use remap_service::activation::ActivationError;
 use remap_service::blocks::OutOfRange;
 use remap_service::budget::BudgetError;
 use remap_service::control::ControlError;
@@ -224,6 +225,28 @@ pub enum CliError {
     /// `remap health` could not reach a verdict: exit 3 (unknown) instead of 1.
     #[error("{0}")]
     NoVerdict(Box<CliError>),
+    /// `remap table`, `activate` or `deactivate` failed or refused.
+    #[error("{source}{}", hint_activation(.source))]
+    Activation {
+        #[from]
+        source: ActivationError,
+    },
+
+    /// The boot configuration could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Remaptab {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Lines of the boot configuration were skipped; each was reported before.
+    #[error("{}: {bad} bad line(s) skipped; see the messages above", path.display())]
+    RemaptabLines { path: PathBuf, bad: usize },
+
+    /// The generator could not write its units.
+    #[error(transparent)]
+    Units(#[from] remap_service::boot_units::UnitsError),
 
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
@@ -253,6 +276,7 @@ impl CliError {
             CliError::Control {
                 source: ControlError::UsageRefused { .. },
             } => EXIT_USAGE,
+            CliError::Activation { source } if source.is_usage() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             CliError::Stopped(s) => s.signal_exit_code().unwrap_or(EXIT_FAILED),
             CliError::Unhealthy { state } => match state {
@@ -332,6 +356,14 @@ fn hint_budget(e: &BudgetError) -> &'static str {
 fn hint_serve(e: &ServeError) -> &'static str {
     match e {
         ServeError::Pair(p) => hint_pair(p),
+        _ => "",
+    }
+}
+
+fn hint_activation(e: &ActivationError) -> &'static str {
+    match e {
+        ActivationError::ModuleNotLoaded => " (load it with `modprobe dm_remap`)",
+        ActivationError::Pair(p) => hint_pair(p),
         _ => "",
     }
 }

@@ -8,15 +8,19 @@ use std::path::PathBuf;
 
 use remap_service::settings::SettingChanges;
 
+pub mod activate;
 pub mod check;
 pub mod create;
+pub mod deactivate;
 pub mod dump;
+pub mod generator;
 pub mod health;
 pub mod map;
 pub mod scrub;
 pub mod serve;
 pub mod set;
 pub mod status;
+pub mod table;
 pub mod unmap;
 pub mod upgrade;
 

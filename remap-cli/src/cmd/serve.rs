@@ -387,6 +387,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         if let Some(signal) = received.next() {
             tracing::info!("signal received: finishing requests in flight, then stopping");
             stopped_by_thread.store(signal, Ordering::SeqCst);
+            if let Err(e) = remap_service::notify::notify("STOPPING=1") {
+                tracing::warn!("{e}");
+            }
             stop.stop();
         }
         if let Some(signal) = received.next() {
@@ -397,6 +400,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 
     print_started(args, &serving, &fail_read, &fail_write, out)?;
     out.flush()?;
+    // Under systemd (remap-serve@.service, Type=notify): ready once every address listens.
+    if let Err(e) = remap_service::notify::notify("READY=1") {
+        tracing::warn!("{e}");
+    }
     let summary = serving.wait()?;
     // Stopped by a signal (the usual end): the summary goes to stderr, and the exit status
     // says which signal, as for map, unmap and scrub.
