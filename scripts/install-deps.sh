@@ -34,6 +34,13 @@ check nbdsh python3-libnbd
 check nbdkit nbdkit
 check fio fio
 check promtool prometheus
+# `remap create` probes SPARE with libblkid through wipefs; its tests make filesystems.
+check wipefs util-linux
+check mkswap util-linux
+check mkfs.ext4 e2fsprogs
+# The shared-storage and read-only tests attach real loop devices (root, loop driver).
+check losetup mount
+check partx util-linux
 # The filesystem-on-top guest test (remap-kmod/scripts/guest/fs.sh) and the generator's
 # tests (systemd-escape, systemd-analyze verify).
 check mke2fs e2fsprogs
@@ -50,7 +57,7 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then

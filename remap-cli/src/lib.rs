@@ -7,12 +7,18 @@
 //! prints, and maps errors to exit codes:
 //!
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
+//! - [`address`]: TCP addresses on the command line;
+//! - [`stop`]: the orderly stop on SIGINT, SIGTERM, SIGHUP or a closed stdout;
+//! - [`plain_json`]: JSON for programs without Rust's `Result` and enum encodings;
 //! - [`error`]: the error type and its exit codes;
 //! - [`units`]: sizes for the human-readable output.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod cmd;
 pub mod error;
+pub mod plain_json;
+pub mod stop;
 pub mod units;
 
 use std::io::{IsTerminal, Write};
@@ -44,8 +50,12 @@ Examples:
   remap activate salvage /dev/sdb /dev/sdc1   the kernel target: /dev/mapper/salvage
   remap deactivate salvage                    flush, checkpoint and remove it
 
-Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error,
-130 interrupted (scrub: the cursor is saved).
+Exit status: 0 success, 1 the operation failed or problems remain (or stdout could not
+be written), 2 usage error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP: map, unmap, scrub
+and serve finish the block in hand, commit, checkpoint and print their summary on stderr
+first (a second signal exits at once; what was acknowledged is in the journal).
+`remap health` exits as monitoring plugins expect: 0 healthy, 1 degraded, 2 critical,
+3 unknown (no verdict).
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.
