@@ -32,6 +32,9 @@ case "${1:-all}" in
   *) die "usage: guest-test.sh [6.1|6.12|all]" ;;
 esac
 
+# shellcheck source=guest-lib.sh
+. "$here/guest-lib.sh"
+
 for tool in qemu-system-x86_64 busybox dmsetup cpio xz objcopy; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/test.sh installs it)"
 done
@@ -47,49 +50,11 @@ log "building the dm-log-writes replay check"
 LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
 [ -x "$LOG_REPLAY" ] || die "no log_replay at $LOG_REPLAY"
 
-# One boot. Returns qemu's status; the console goes to $2. Two guest CPUs, run by one TCG
-# thread: with a thread per vCPU, the kernel's live code patching (int3 + text_poke) races
-# in TCG and early boot can oops at random, before anything of ours is loaded.
+# One boot of this test's disks (guest-lib.sh: qemu_boot, judge).
 boot() { # phase log
-  local phase=$1 out=$2 rc=0
-  timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512 -smp 2 \
-    -nographic -no-reboot \
-    -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
-    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30))" \
-    -drive "file=$wd/main.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/spare.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/blank.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/small.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/logspare.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/log.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-ext4.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-ext4-spare.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-xfs.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-xfs-spare.img,if=virtio,format=raw,cache=unsafe" \
-    </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
-  return "$rc"
-}
-
-# Judge one boot's console log.
-judge() { # phase log qemu-status
-  local phase=$1 out=$2 rc=$3 plan summary passed failed
-  grep -E '^(RESULT|FAIL|PERF|EXPECT|PLAN|SUMMARY|FINAL|STAGE)' "$out" | grep -v '^RESULT ok' >&2 || true
-  [ "$rc" -ne 124 ] || die "$KREL phase $phase: the guest hung (no power-off within ${timeout_s}s); see $out"
-  if grep -q -E 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out"; then
-    grep -n -E -A20 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out" | head -60 >&2
-    die "$KREL phase $phase: the kernel reported a panic, oops, BUG or WARN; see $out"
-  fi
-  [ "$rc" -eq 0 ] || die "$KREL phase $phase: qemu exited with status $rc; see $out"
-  grep -q '^FAIL' "$out" && die "$KREL phase $phase: checks failed (FAIL lines above); see $out"
-  plan=$(sed -n "s/^PLAN phase=$phase checks=\([0-9]*\)$/\1/p" "$out")
-  summary=$(grep "^SUMMARY phase=$phase " "$out" || true)
-  [ -n "$plan" ] || die "$KREL phase $phase: no PLAN line; see $out"
-  [ -n "$summary" ] || die "$KREL phase $phase: no SUMMARY line (the test stopped early); see $out"
-  passed=$(echo "$summary" | sed -n 's/.* passed=\([0-9]*\) .*/\1/p')
-  failed=$(echo "$summary" | sed -n 's/.* failed=\([0-9]*\)$/\1/p')
-  [ "$failed" = 0 ] || die "$KREL phase $phase: $failed checks failed; see $out"
-  [ "$passed" = "$plan" ] || die "$KREL phase $phase: $passed checks passed of $plan planned; see $out"
-  log "$KREL phase $phase: $passed/$plan checks passed"
+  qemu_boot "$1" "$2" "$wd/main.img" "$wd/spare.img" "$wd/blank.img" "$wd/small.img" \
+    "$wd/logspare.img" "$wd/log.img" "$wd/fs-ext4.img" "$wd/fs-ext4-spare.img" \
+    "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img"
 }
 
 # The remapped blocks `remap dump` finds on the spare, sorted, one per line.

@@ -449,3 +449,6 @@ fi
 if [ "$phase" = 3 ] || [ "$phase" = 4 ]; then
   . /fs.sh
 fi
+
+# Phases 5 and ublknone: `remap attach` over ublk (remap-ublk/scripts/guest/ublk.sh).
+case $phase in 5 | ublknone) . /ublk.sh ;; esac

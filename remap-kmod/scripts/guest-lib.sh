@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Booting a Debian kernel under qemu TCG with an initramfs and judging its console log:
+# shared by remap-kmod/scripts/guest-test.sh (dm-remap-v4) and
+# remap-ublk/scripts/guest-test.sh (remap attach over ublk). Sourced; the caller sets
+# KIMAGE, KREL, wd (holding initrd.gz), timeout_s, and defines log and die.
+
+# One boot with the given disks (virtio, in order: vda, vdb, ...). Returns qemu's status;
+# the console goes to $2. Two guest CPUs, run by one TCG thread: with a thread per vCPU,
+# the kernel's live code patching (int3 + text_poke) races in TCG and early boot can oops
+# at random, before anything of ours is loaded.
+qemu_boot() { # phase log disk...
+  local phase=$1 out=$2 rc=0 disk drives=()
+  shift 2
+  for disk in "$@"; do drives+=(-drive "file=$disk,if=virtio,format=raw,cache=unsafe"); done
+  timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512 -smp 2 \
+    -nographic -no-reboot \
+    -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
+    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30))" \
+    "${drives[@]}" \
+    </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
+  return "$rc"
+}
+
+# Judge one boot's console log.
+judge() { # phase log qemu-status
+  local phase=$1 out=$2 rc=$3 plan summary passed failed
+  grep -E '^(RESULT|FAIL|PERF|EXPECT|PLAN|SUMMARY|FINAL|STAGE)' "$out" | grep -v '^RESULT ok' >&2 || true
+  [ "$rc" -ne 124 ] || die "$KREL phase $phase: the guest hung (no power-off within ${timeout_s}s); see $out"
+  if grep -q -E 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out"; then
+    grep -n -E -A20 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out" | head -60 >&2
+    die "$KREL phase $phase: the kernel reported a panic, oops, BUG or WARN; see $out"
+  fi
+  [ "$rc" -eq 0 ] || die "$KREL phase $phase: qemu exited with status $rc; see $out"
+  grep -q '^FAIL' "$out" && die "$KREL phase $phase: checks failed (FAIL lines above); see $out"
+  plan=$(sed -n "s/^PLAN phase=$phase checks=\([0-9]*\)$/\1/p" "$out")
+  summary=$(grep "^SUMMARY phase=$phase " "$out" || true)
+  [ -n "$plan" ] || die "$KREL phase $phase: no PLAN line; see $out"
+  [ -n "$summary" ] || die "$KREL phase $phase: no SUMMARY line (the test stopped early); see $out"
+  passed=$(echo "$summary" | sed -n 's/.* passed=\([0-9]*\) .*/\1/p')
+  failed=$(echo "$summary" | sed -n 's/.* failed=\([0-9]*\)$/\1/p')
+  [ "$failed" = 0 ] || die "$KREL phase $phase: $failed checks failed; see $out"
+  [ "$passed" = "$plan" ] || die "$KREL phase $phase: $passed checks passed of $plan planned; see $out"
+  log "$KREL phase $phase: $passed/$plan checks passed"
+}
+
