@@ -79,27 +79,6 @@ compare_dump() { # label
   fi
 }
 
-# Every block `remap dump` lists as remapped on a filesystem pair lies in one of the
-# failing segments the guest printed (FSSEG), and every segment holds at least one: the
-# filesystem really wrote over each, and nothing outside them moved.
-check_fs_remaps() { # fs
-  local fs=$1 remapped segs
-  remapped=$("$REMAP_BIN" dump "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" --json |
-    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
-    die "$KREL: remap dump of the $fs pair failed"
-  segs=$(sed -n "s/^FSSEG $fs \([0-9]*\) \([0-9]*\)$/\1 \2/p" "$wd/boot3.log")
-  [ -n "$segs" ] || die "$KREL: the guest printed no FSSEG lines for $fs"
-  echo "$remapped" | awk -v fs="$fs" -v k="$KREL" -v segs="$segs" '
-    BEGIN { n = split(segs, a, /[ \n]/); for (i = 1; i < n; i += 2) { lo[++m] = a[i]; hi[m] = a[i + 1] } }
-    NF { hit = 0; for (j = 1; j <= m; j++) if ($1 >= lo[j] && $1 <= hi[j]) { hit = 1; c[j]++ }
-         if (!hit) { print "guest-test: " k ": " fs ": block " $1 " remapped outside the failing segments"; bad = 1 }
-         total++ }
-    END { for (j = 1; j <= m; j++) { printf "guest-test: %s: %s: segment %d-%d: %d remaps\n", k, fs, lo[j], hi[j], c[j] + 0
-                                       if (c[j] == 0) bad = 1 }
-          printf "guest-test: %s: %s: %d remaps in all\n", k, fs, total; exit bad }' >&2 ||
-    die "$KREL: $fs: remap dump does not show remaps in every failing segment and only there"
-}
-
 for flav in $flavours; do
   t0=$SECONDS
   benv=$("$here/build.sh" "$flav")

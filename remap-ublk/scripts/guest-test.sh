@@ -3,9 +3,12 @@
 # machinery of remap-kmod's guest test (remap-kmod/scripts/{kernels,build,mkinitramfs}.sh,
 # guest-lib.sh) and the checks in guest/ublk.sh:
 #
-#   Debian 6.12 (ublk_drv, a module there): one boot (phase 5): attach, I/O semantics,
-#     detach, kill -9 under a write load and --recover; then the host checks the pair with
-#     `remap dump` and `remap check`.
+#   Debian 6.12 (ublk_drv, a module there): boot 5: attach, I/O semantics, detach,
+#     kill -9 under a write load and --recover; then the host checks the pair with
+#     `remap dump` and `remap check`. Boots 6 and 7: the filesystem suite of
+#     remap-kmod/scripts/guest/fs.sh on /dev/ublkbN (ext4 and xfs over failing segments,
+#     checksummed files, fsck clean, power-off with writes in flight, after the reboot fsck
+#     clean and the files verify); the host checks that the remaps lie in the segments.
 #   Debian 6.1 (no ublk): one boot (phase ublknone): the refusal changes nothing.
 #
 #   guest-test.sh [6.1|6.12|all]        (default: all)
@@ -55,6 +58,13 @@ for flav in $flavours; do
   truncate -s 64M "$wd/main.img"
   truncate -s 8M "$wd/spare.img"
   "$REMAP_BIN" create "$wd/main.img" "$wd/spare.img" >/dev/null || die "remap create failed"
+  # The filesystem pairs (guest/fs.sh): 512 MiB main backings, 16 MiB spares.
+  for fs in ext4 xfs; do
+    truncate -s 512M "$wd/fs-$fs.img"
+    truncate -s 16M "$wd/fs-$fs-spare.img"
+    "$REMAP_BIN" create "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" >/dev/null ||
+      die "remap create of the $fs spare failed"
+  done
   head -c 65536 /dev/urandom >"$wd/pat64k"
   head -c 4194304 /dev/urandom >"$wd/pat4m"
   REMAP_BIN=$REMAP_BIN "$kmod/mkinitramfs.sh" "$kenv" "$benv" "$wd/initrd.gz" "$wd/pat64k" "$wd/pat4m"
@@ -78,6 +88,24 @@ for flav in $flavours; do
     "$REMAP_BIN" check "$wd/main.img" "$wd/spare.img" >"$wd/check.log" 2>&1 ||
       die "$KREL: remap check of the spare the ublk daemon wrote failed: $(cat "$wd/check.log")"
     log "$KREL: remap dump shows the moves and the pending block; remap check passes"
+
+    t_fs=$SECONDS
+    fs_disks=("$wd/main.img" "$wd/spare.img" "$wd/fs-ext4.img" "$wd/fs-ext4-spare.img"
+      "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img")
+    log "$KREL: boot 6, filesystems on /dev/ublkbN (qemu TCG)"
+    rc=0
+    qemu_boot 6 "$wd/boot6.log" "${fs_disks[@]}" || rc=$?
+    judge 6 "$wd/boot6.log" "$rc"
+    log "$KREL: boot 7, after the power-off with writes in flight (qemu TCG)"
+    rc=0
+    qemu_boot 7 "$wd/boot7.log" "${fs_disks[@]}" || rc=$?
+    judge 7 "$wd/boot7.log" "$rc"
+    for fs in ext4 xfs; do
+      check_fs_remaps "$fs" "$wd/boot6.log"
+      "$REMAP_BIN" check "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" >"$wd/check-$fs.log" 2>&1 ||
+        die "$KREL: remap check of the $fs spare failed: $(cat "$wd/check-$fs.log")"
+    done
+    log "$KREL: filesystems on ublk took $((SECONDS - t_fs))s (boots 6 and 7, dumps, checks)"
   fi
   log "$KREL: passed in $((SECONDS - t0))s"
 done

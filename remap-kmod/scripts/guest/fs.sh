@@ -1,15 +1,19 @@
 #!/bin/sh
-# Filesystems on top of dm-remap-v4, run inside the guest by test.sh (phases 3 and 4).
+# Filesystems on top of a remap device, run inside the guest by test.sh: the device is
+# dm-remap-v4 (`remap activate`; phases 3 and 4, FS_FRONTEND=dm) or /dev/ublkbN
+# (`remap attach` over ublk; phases 6 and 7, FS_FRONTEND=ublk, booted by
+# remap-ublk/scripts/guest-test.sh).
 #
-#   phase 3   ext4 and xfs, made with default options on a remap device (activated with
-#             `remap activate`) whose main device fails reads and writes in segments under
-#             filesystem metadata and data; files with known checksums, sync, fsck clean;
-#             then writes in flight and an immediate power-off
-#   phase 4   after that power-off: the same tables, the log replayed by a mount, fsck
-#             clean, every synced file verifies; `remap deactivate`
+#   write (3, 6)   ext4 and xfs, made with default options on a remap device whose main
+#             device fails reads and writes in segments under filesystem metadata and data;
+#             files with known checksums, sync, fsck clean; then writes in flight and an
+#             immediate power-off
+#   verify (4, 7)  after that power-off: the same tables, the log replayed by a mount, fsck
+#             clean, every synced file verifies; `remap deactivate` / `remap detach`
 #
-# Disks: /dev/vdg and /dev/vdi are 512 MiB backings of the two main devices, /dev/vdh and
-# /dev/vdj their spares, formatted on the host with `remap create`. The failing segments
+# Disks: /dev/vdg and /dev/vdi (or $BACKING_ext4, $BACKING_xfs) are 512 MiB backings of the
+# two main devices, /dev/vdh and /dev/vdj ($SPARE_ext4, $SPARE_xfs) their spares, formatted
+# on the host with `remap create`. The failing segments
 # (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put (guest-test.sh prints where
 # the host's dry run of the same binaries put them):
 #   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 2200-2263 file data
@@ -23,8 +27,9 @@
 
 SEGS_ext4="73-76 2121-2121 2200-2263 65600-65615"
 SEGS_xfs="16-23 200-263 65560-65575"
-BACKING_ext4=/dev/vdg SPARE_ext4=/dev/vdh
-BACKING_xfs=/dev/vdi SPARE_xfs=/dev/vdj
+BACKING_ext4=${BACKING_ext4:-/dev/vdg} SPARE_ext4=${SPARE_ext4:-/dev/vdh}
+BACKING_xfs=${BACKING_xfs:-/dev/vdi} SPARE_xfs=${SPARE_xfs:-/dev/vdj}
+FS_FRONTEND=${FS_FRONTEND:-dm}
 FS_BLOCKS=131072
 
 # The main device's table: linear over the backing, error over each segment.
@@ -41,21 +46,67 @@ fs_table() { # backing "first-last ..."
 
 fs_up() { # fs
   eval backing=\$BACKING_$1 spare=\$SPARE_$1 segs=\$SEGS_$1
-  fs_table "$backing" "$segs" | dmsetup create --noudevsync "m$1" && dmsetup mknodes "m$1" &&
+  fs_table "$backing" "$segs" | dmsetup create --noudevsync "m$1" && dmsetup mknodes "m$1" ||
+    return 1
+  if [ "$FS_FRONTEND" = ublk ]; then
+    ublk_up "$1" "/dev/mapper/m$1" "$spare"
+  else
     remap activate "r$1" "/dev/mapper/m$1" "$spare" >/dev/null
+  fi
+}
+
+# `remap attach` in the background; the device it prints goes to /tmp/ublk-FS.dev.
+ublk_up() { # fs main spare
+  rm -f "/tmp/ublk-$1.out" "/tmp/ublk-$1.dev"
+  remap attach "$2" "$3" --json --control "/tmp/ublk-$1.ctl" >"/tmp/ublk-$1.out" 2>"/tmp/ublk-$1.err" &
+  echo $! >"/tmp/ublk-$1.pid"
+  i=0
+  while [ ! -s "/tmp/ublk-$1.out" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+  d=$(sed -n '1s/.*"device":"\([^"]*\)".*/\1/p' "/tmp/ublk-$1.out")
+  [ -n "$d" ] || { cat "/tmp/ublk-$1.err"; return 1; }
+  i=0
+  while [ ! -b "$d" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  echo "$d" >"/tmp/ublk-$1.dev"
+  [ -b "$d" ]
+}
+
+# The remap device of a filesystem pair.
+rdev() { # fs
+  if [ "$FS_FRONTEND" = ublk ]; then cat "/tmp/ublk-$1.dev"; else echo "/dev/mapper/r$1"; fi
+}
+
+frontend_ready() {
+  if [ "$FS_FRONTEND" = ublk ]; then test -c /dev/ublk-control; else insmod /lib/modules/dm_remap.ko; fi
+}
+
+has_remaps() { # fs: the device reports remaps
+  if [ "$FS_FRONTEND" = ublk ]; then
+    n=$(remap status --control "/tmp/ublk-$1.ctl" --json | grep -o '"remapped": *[0-9]*' | head -n1 | grep -o '[0-9]*$')
+  else
+    n=$(dmsetup status "r$1" | awk '{print $11}')
+  fi
+  [ "${n:-0}" -gt 0 ]
+}
+
+fs_down() { # fs: deactivate or detach (the daemon drains, flushes, checkpoints, exits 0)
+  if [ "$FS_FRONTEND" = ublk ]; then
+    remap detach "$(rdev "$1")" >/dev/null && wait "$(cat "/tmp/ublk-$1.pid")"
+  else
+    remap deactivate "r$1"
+  fi
 }
 
 mkfs_of() { # fs
   case $1 in
-    ext4) /sbin/mke2fs -q -t ext4 "/dev/mapper/r$1" ;;
-    xfs) /sbin/mkfs.xfs -q -f "/dev/mapper/r$1" ;;
+    ext4) /sbin/mke2fs -q -t ext4 "$(rdev "$1")" ;;
+    xfs) /sbin/mkfs.xfs -q -f "$(rdev "$1")" ;;
   esac
 }
 
 fsck_of() { # fs: read-only, forced; its output goes to the console
   case $1 in
-    ext4) /sbin/e2fsck -fn "/dev/mapper/r$1" ;;
-    xfs) /sbin/xfs_repair -n "/dev/mapper/r$1" ;;
+    ext4) /sbin/e2fsck -fn "$(rdev "$1")" ;;
+    xfs) /sbin/xfs_repair -n "$(rdev "$1")" ;;
   esac
 }
 
@@ -73,9 +124,9 @@ write_files() { # fs
   (cd "$d" && md5sum f* dir/* >MANIFEST)
 }
 
-if [ "$phase" = 3 ]; then
-  echo "PLAN phase=3 checks=21"
-  check module_loaded insmod /lib/modules/dm_remap.ko
+if [ "$fs_step" = write ]; then
+  echo "PLAN phase=$phase checks=21"
+  check frontend_ready frontend_ready
   for fs in ext4 xfs; do
     eval segs=\$SEGS_$fs
     for seg in $segs; do echo "FSSEG $fs ${seg%-*} ${seg#*-}"; done
@@ -83,15 +134,15 @@ if [ "$phase" = 3 ]; then
     stage "mkfs-$fs"
     check "${fs}_mkfs" mkfs_of $fs
     mkdir -p "/mnt/$fs"
-    check "${fs}_mounted" mount "/dev/mapper/r$fs" "/mnt/$fs"
+    check "${fs}_mounted" mount "$(rdev $fs)" "/mnt/$fs"
     check "${fs}_files_written" write_files $fs
     check "${fs}_sync" sync
     check "${fs}_files_verify" sh -c "cd /mnt/$fs && md5sum -c -s MANIFEST"
     check "${fs}_unmounted" umount "/mnt/$fs"
     stage "fsck-$fs"
     check "${fs}_fsck_clean" fsck_of $fs
-    check "${fs}_remounted" mount "/dev/mapper/r$fs" "/mnt/$fs"
-    check "${fs}_status_has_remaps" sh -c "[ \$(dmsetup status r$fs | awk '{print \$11}') -gt 0 ]"
+    check "${fs}_remounted" mount "$(rdev $fs)" "/mnt/$fs"
+    check "${fs}_status_has_remaps" has_remaps $fs
   done
   summary
   # Writes in flight on both filesystems, then power off: no sync, no unmount.
@@ -109,20 +160,20 @@ if [ "$phase" = 3 ]; then
   poweroff -n -f
 fi
 
-if [ "$phase" = 4 ]; then
-  echo "PLAN phase=4 checks=19"
-  check module_loaded insmod /lib/modules/dm_remap.ko
+if [ "$fs_step" = verify ]; then
+  echo "PLAN phase=$phase checks=19"
+  check frontend_ready frontend_ready
   for fs in ext4 xfs; do
     check "${fs}_activated_again" fs_up $fs
     # A mount replays the journal/log of the crash; fsck then judges the result.
-    check "${fs}_log_replayed" sh -c "mkdir -p /mnt/$fs && mount /dev/mapper/r$fs /mnt/$fs && umount /mnt/$fs"
+    check "${fs}_log_replayed" sh -c "mkdir -p /mnt/$fs && mount $(rdev $fs) /mnt/$fs && umount /mnt/$fs"
     stage "fsck-$fs-after-poweroff"
     check "${fs}_fsck_clean_after_poweroff" fsck_of $fs
-    check "${fs}_mounted_after_poweroff" mount "/dev/mapper/r$fs" "/mnt/$fs"
+    check "${fs}_mounted_after_poweroff" mount "$(rdev $fs)" "/mnt/$fs"
     check "${fs}_synced_files_verify" sh -c "cd /mnt/$fs && md5sum -c -s MANIFEST"
     expect "${fs}_all_files_listed" 216 "$(wc -l <"/mnt/$fs/MANIFEST")"
     check "${fs}_unmounted" umount "/mnt/$fs"
-    check "${fs}_deactivated" remap deactivate "r$fs"
+    check "${fs}_deactivated" fs_down $fs
     check "${fs}_main_removed" dmsetup remove --noudevsync "m$fs"
   done
   summary

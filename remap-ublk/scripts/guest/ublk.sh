@@ -167,3 +167,52 @@ if [ "$phase" = 5 ]; then
   wait "$DAEMON"
   summary
 fi
+
+# Phase bench (remap-ublk/scripts/bench-guest.sh; figures, not checks): fio on the raw
+# virtio disk, dm-remap-v4, /dev/ublkbN and /dev/nbd0 on `remap serve`, one after another
+# over the same backing disks (/dev/vda main, /dev/vdb spare), each job for 5
+# seconds: 4 KiB random read and write at QD1 and QD32, 1 MiB sequential read and write.
+# Prints "BENCH <frontend> <rw> <bs> <qd> iops=N kib_s=N".
+fio_all() { # of $front on $dev
+  for job in "randread 4k 1" "randwrite 4k 1" "randread 4k 32" "randwrite 4k 32" "read 1m 4" "write 1m 4"; do
+    # shellcheck disable=SC2086
+    set -- $job
+    fio --name=b --filename="$dev" --direct=1 --rw="$1" --bs="$2" --iodepth="$3" \
+      --ioengine=libaio --runtime=5 --time_based --size=128m \
+      --output-format=terse --terse-version=3 >/tmp/fio.out 2>/tmp/fio.err ||
+      { bad "fio_${front}_$1_$2_$3: $(cat /tmp/fio.err)"; continue; }
+    case $1 in
+      *read) awk -F';' -v f="$front" -v j="$1 $2 $3" '{printf "BENCH %s %s iops=%d kib_s=%d\n", f, j, $8, $7}' /tmp/fio.out ;;
+      *) awk -F';' -v f="$front" -v j="$1 $2 $3" '{printf "BENCH %s %s iops=%d kib_s=%d\n", f, j, $49, $48}' /tmp/fio.out ;;
+    esac
+  done
+}
+
+if [ "$phase" = bench ]; then
+  echo "PLAN phase=bench checks=8"
+  front=raw dev=/dev/vda
+  fio_all
+  check dm_activated sh -c "insmod /lib/modules/dm_remap.ko && remap activate rb /dev/vda /dev/vdb >/dev/null"
+  front=dm-remap-v4 dev=/dev/mapper/rb
+  fio_all
+  check dm_deactivated remap deactivate rb
+  check ublk_attached attach /dev/vda /dev/vdb --json
+  front=ublk dev=$DEV
+  fio_all
+  check ublk_detached remap detach "$DEV"
+  wait "$DAEMON"
+  check nbd_module insmod /lib/modules/nbd.ko nbds_max=1
+  ip link set lo up
+  remap serve /dev/vda /dev/vdb --listen 127.0.0.1:10809 >/tmp/serve.out 2>&1 &
+  server=$!
+  i=0
+  while ! grep -q 'listening on' /tmp/serve.out && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  check nbd_connected nbd-client 127.0.0.1 10809 /dev/nbd0 -b 4096
+  front=nbd dev=/dev/nbd0
+  fio_all
+  check nbd_disconnected nbd-client -d /dev/nbd0
+  kill -TERM "$server"
+  wait "$server"
+  expect serve_exit_status 0 "$?"
+  summary
+fi
