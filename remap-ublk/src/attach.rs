@@ -209,20 +209,8 @@ pub fn attach(pair: Pair, config: &AttachConfig) -> Result<Attached, AttachError
     if let Some(o) = &orphan {
         tracing::info!("resuming /dev/ublkb{} left by a daemon that died", o.id);
     }
-    let spare_size = pair.spare.size_bytes();
-    let opened = pair.into_device_over(|main| -> Arc<dyn BlockBackend> { Arc::new(main) })?;
-    let superblock = opened.superblock;
-    let device: Arc<ServedDevice> = Arc::new(opened.device);
-    let before = device.stats();
-    let live = Live::new(
-        device.clone(),
-        main_path.clone(),
-        spare_path.clone(),
-        spare_size,
-        superblock,
-    );
-    let (helpers, control, metrics) = start_helpers(&live, config).inspect_err(|_| live.stop())?;
-
+    let served = open_served(pair, config)?;
+    let device = served.live.device.clone();
     let (queues, depth) = match &orphan {
         Some(o) => (o.queues, o.depth),
         None => (config.queues, config.depth),
@@ -239,36 +227,14 @@ pub fn attach(pair: Pair, config: &AttachConfig) -> Result<Attached, AttachError
         depth,
     };
     let stopper = Stopper::default();
-    let (started_tx, started_rx) = mpsc::channel();
-    let daemon = {
-        let stopper = stopper.clone();
-        let main_path = main_path.clone();
-        std::thread::Builder::new()
-            .name("remap-ublk".into())
-            .spawn(move || run_daemon(plan, &main_path, stopper, started_tx))
-            .map_err(|source| {
-                live.stop();
-                AttachError::Thread {
-                    what: "ublk daemon",
-                    source,
-                }
-            })?
-    };
-    let id = match started_rx.recv() {
-        Ok(id) => id,
-        // The daemon ended before the device started: its result says why.
-        Err(_) => {
-            live.stop();
-            let result = daemon.join().unwrap_or(Ok(()));
-            for h in helpers {
+    let (daemon, id) = match start_daemon(plan, &main_path, &stopper) {
+        Ok(started) => started,
+        Err(e) => {
+            served.live.stop();
+            for h in served.helpers {
                 let _ = h.join();
             }
-            result?;
-            return Err(AttachError::Ublk {
-                path: main_path,
-                what: "start",
-                reason: "the daemon ended before the device started".into(),
-            });
+            return Err(e);
         }
     };
     let info = AttachedInfo {
@@ -282,17 +248,77 @@ pub fn attach(pair: Pair, config: &AttachConfig) -> Result<Attached, AttachError
         depth,
         recovered: orphan.is_some(),
         io_flusher,
-        control,
-        metrics,
+        control: served.control,
+        metrics: served.metrics,
     };
     Ok(Attached {
         info,
-        live,
+        live: served.live,
         stopper,
         daemon,
+        helpers: served.helpers,
+        before: served.before,
+    })
+}
+
+/// The pair opened as a remapping device, with its operator side running.
+struct Served {
+    live: Arc<Live<Arc<dyn BlockBackend>, Arc<remap_core::FileBackend>>>,
+    helpers: Vec<JoinHandle<()>>,
+    control: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+    before: StatsSnapshot,
+}
+
+fn open_served(pair: Pair, config: &AttachConfig) -> Result<Served, AttachError> {
+    let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
+    let spare_size = pair.spare.size_bytes();
+    let opened = pair.into_device_over(|main| -> Arc<dyn BlockBackend> { Arc::new(main) })?;
+    let superblock = opened.superblock;
+    let device: Arc<ServedDevice> = Arc::new(opened.device);
+    let before = device.stats();
+    let live = Live::new(device, main_path, spare_path, spare_size, superblock);
+    let (helpers, control, metrics) = start_helpers(&live, config).inspect_err(|_| live.stop())?;
+    Ok(Served {
+        live,
         helpers,
+        control,
+        metrics,
         before,
     })
+}
+
+/// Start the daemon thread; returns it and the device id once the device has started, or
+/// why it did not.
+fn start_daemon(
+    plan: DaemonPlan,
+    main: &std::path::Path,
+    stopper: &Stopper,
+) -> Result<(JoinHandle<Result<(), AttachError>>, u32), AttachError> {
+    let (started_tx, started_rx) = mpsc::channel();
+    let daemon = {
+        let stopper = stopper.clone();
+        let main = main.to_path_buf();
+        std::thread::Builder::new()
+            .name("remap-ublk".into())
+            .spawn(move || run_daemon(plan, &main, stopper, started_tx))
+            .map_err(|source| AttachError::Thread {
+                what: "ublk daemon",
+                source,
+            })?
+    };
+    match started_rx.recv() {
+        Ok(id) => Ok((daemon, id)),
+        // The daemon ended before the device started: its result says why.
+        Err(_) => {
+            daemon.join().unwrap_or(Ok(()))?;
+            Err(AttachError::Ublk {
+                path: main.to_path_buf(),
+                what: "start",
+                reason: "the daemon ended before the device started".into(),
+            })
+        }
+    }
 }
 
 /// The daemon serves I/O that memory reclaim may wait on: allocations it makes must not
@@ -379,39 +405,7 @@ fn run_daemon(
     stopper: Stopper,
     started: mpsc::Sender<u32>,
 ) -> Result<(), AttachError> {
-    let ublk_err = |what: &'static str| {
-        let path = main.to_path_buf();
-        move |e: libublk::UblkError| AttachError::Ublk {
-            path,
-            what,
-            reason: describe(&e),
-        }
-    };
-    let (id, dev_flags) = match plan.recover_id {
-        Some(id) => {
-            let old = UblkCtrl::new_simple(id as i32).map_err(ublk_err("open for recovery"))?;
-            old.start_user_recover()
-                .map_err(ublk_err("start of user recovery"))?;
-            (id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV)
-        }
-        None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
-    };
-    let ctrl = UblkCtrlBuilder::default()
-        .name(TARGET_NAME)
-        .id(id)
-        .nr_queues(plan.queues)
-        .depth(plan.depth)
-        .io_buf_bytes(MAX_IO_BYTES)
-        .ctrl_flags(u64::from(
-            sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE,
-        ))
-        .dev_flags(dev_flags)
-        .build()
-        .map_err(ublk_err(if plan.recover_id.is_some() {
-            "recovery"
-        } else {
-            "add"
-        }))?;
+    let ctrl = build_ctrl(&plan, main)?;
 
     let device = plan.device.clone();
     let data = plan.data.clone();
@@ -443,10 +437,53 @@ fn run_daemon(
     let served = ctrl
         .run_target(tgt_init, queue_fn, device_fn)
         .map(|_| ())
-        .map_err(ublk_err("serve"));
+        .map_err(ublk_error(main, "serve"));
     // Remove the device (a recovered control does not on drop); gone already is fine.
     let _ = ctrl.del_dev();
     served
+}
+
+/// Add the device, or take over the one `plan.recover_id` names.
+fn build_ctrl(plan: &DaemonPlan, main: &std::path::Path) -> Result<UblkCtrl, AttachError> {
+    let ublk_err = |what| ublk_error(main, what);
+    let (id, dev_flags) = match plan.recover_id {
+        Some(id) => {
+            let old = UblkCtrl::new_simple(id as i32).map_err(ublk_err("open for recovery"))?;
+            old.start_user_recover()
+                .map_err(ublk_err("start of user recovery"))?;
+            (id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV)
+        }
+        None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
+    };
+    UblkCtrlBuilder::default()
+        .name(TARGET_NAME)
+        .id(id)
+        .nr_queues(plan.queues)
+        .depth(plan.depth)
+        .io_buf_bytes(MAX_IO_BYTES)
+        .ctrl_flags(u64::from(
+            sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE,
+        ))
+        .dev_flags(dev_flags)
+        .build()
+        .map_err(ublk_err(if plan.recover_id.is_some() {
+            "recovery"
+        } else {
+            "add"
+        }))
+}
+
+/// A failed ublk command, as an error naming the main device.
+fn ublk_error(
+    main: &std::path::Path,
+    what: &'static str,
+) -> impl FnOnce(libublk::UblkError) -> AttachError + use<> {
+    let path = main.to_path_buf();
+    move |e| AttachError::Ublk {
+        path,
+        what,
+        reason: describe(&e),
+    }
 }
 
 /// The device's limits as the block layer sees them: the logical block size is the remap

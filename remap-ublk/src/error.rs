@@ -8,7 +8,8 @@ use remap_service::PairError;
 use remap_service::control::ControlError;
 use remap_service::metrics::MetricsError;
 
-use crate::support::INSTEAD;
+/// What to use instead on a kernel without ublk, in the refusal.
+pub const INSTEAD: &str = "use the dm-remap-v4 kernel target (`remap activate NAME MAIN SPARE`) or `remap serve MAIN SPARE` with nbd-client";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -13,9 +13,6 @@ use crate::error::AttachError;
 /// The ublk control device.
 pub const CONTROL_DEVICE: &str = "/dev/ublk-control";
 
-/// What to use instead on a kernel without ublk, in the refusal.
-pub const INSTEAD: &str = "use the dm-remap-v4 kernel target (`remap activate NAME MAIN SPARE`) or `remap serve MAIN SPARE` with nbd-client";
-
 /// Succeeds when `control` exists, loading `ublk_drv` first if it does not.
 pub fn check_kernel() -> Result<(), AttachError> {
     check_control(Path::new(CONTROL_DEVICE), true)
