@@ -4,7 +4,8 @@
 # remap-ublk/scripts/guest-test.sh (remap attach over ublk). Sourced; the caller sets
 # KIMAGE, KREL, wd (holding initrd.gz), timeout_s, and defines log and die.
 
-# One boot with the given disks (virtio, in order: vda, vdb, ...). Returns qemu's status;
+# One boot with the given disks (virtio, in order: vda, vdb, ...) and $BOOT_APPEND on the
+# kernel command line. Returns qemu's status;
 # the console goes to $2. Two guest CPUs, run by one TCG thread: with a thread per vCPU,
 # the kernel's live code patching (int3 + text_poke) races in TCG and early boot can oops
 # at random, before anything of ours is loaded.
@@ -15,7 +16,7 @@ qemu_boot() { # phase log disk...
   timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512 -smp 2 \
     -nographic -no-reboot \
     -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
-    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30))" \
+    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30)) ${BOOT_APPEND:-}" \
     "${drives[@]}" \
     </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
   return "$rc"
@@ -63,4 +64,14 @@ check_fs_remaps() { # fs [boot log with the FSSEG lines; default boot3.log]
                                        if (c[j] == 0) bad = 1 }
           printf "guest-test: %s: %s: %d remaps in all\n", k, fs, total; exit bad }' >&2 ||
     die "$KREL: $fs: remap dump does not show remaps in every failing segment and only there"
+}
+
+# The kernel parameters that hand the 64-block data runs the write step placed under a file
+# (guest/fs.sh) to the verify step, for the same tables after the crash.
+fs_data_params() { # boot log of the write step
+  local fsdata
+  fsdata=$(sed -n 's/^FSSEG \([a-z0-9]*\) \([0-9]*\) \([0-9]*\)$/\1 \2 \3/p' "$1" |
+    awk '$3 - $2 == 63 { printf "remap.fsdata_%s=%d-%d ", $1, $2, $3 }')
+  [ "$(echo "$fsdata" | wc -w)" = 2 ] || die "$KREL: $1 does not report a 64-block data run for each filesystem"
+  echo "$fsdata"
 }

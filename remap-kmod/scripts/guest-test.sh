@@ -51,10 +51,10 @@ LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
 [ -x "$LOG_REPLAY" ] || die "no log_replay at $LOG_REPLAY"
 
 # One boot of this test's disks (guest-lib.sh: qemu_boot, judge).
-boot() { # phase log
-  qemu_boot "$1" "$2" "$wd/main.img" "$wd/spare.img" "$wd/blank.img" "$wd/small.img" \
-    "$wd/logspare.img" "$wd/log.img" "$wd/fs-ext4.img" "$wd/fs-ext4-spare.img" \
-    "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img"
+boot() { # phase log [more kernel parameters]
+  BOOT_APPEND=${3:-} qemu_boot "$1" "$2" "$wd/main.img" "$wd/spare.img" "$wd/blank.img" \
+    "$wd/small.img" "$wd/logspare.img" "$wd/log.img" "$wd/fs-ext4.img" \
+    "$wd/fs-ext4-spare.img" "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img"
 }
 
 # The remapped blocks `remap dump` finds on the spare, sorted, one per line.
@@ -153,8 +153,10 @@ for flav in $flavours; do
   boot 3 "$wd/boot3.log" || rc=$?
   judge 3 "$wd/boot3.log" "$rc"
   log "$KREL: boot 4, after the power-off with writes in flight (qemu TCG)"
+  # The data run phase 3 placed under a file (guest/fs.sh), for the same tables after the crash.
+  fsdata=$(fs_data_params "$wd/boot3.log")
   rc=0
-  boot 4 "$wd/boot4.log" || rc=$?
+  boot 4 "$wd/boot4.log" "$fsdata" || rc=$?
   judge 4 "$wd/boot4.log" "$rc"
   for fs in ext4 xfs; do check_fs_remaps "$fs"; done
   log "$KREL: filesystems on top took $((SECONDS - t_fs))s (boots 3 and 4 and the dumps)"

@@ -97,8 +97,9 @@ for flav in $flavours; do
     qemu_boot 6 "$wd/boot6.log" "${fs_disks[@]}" || rc=$?
     judge 6 "$wd/boot6.log" "$rc"
     log "$KREL: boot 7, after the power-off with writes in flight (qemu TCG)"
+    fsdata=$(fs_data_params "$wd/boot6.log")
     rc=0
-    qemu_boot 7 "$wd/boot7.log" "${fs_disks[@]}" || rc=$?
+    BOOT_APPEND=$fsdata qemu_boot 7 "$wd/boot7.log" "${fs_disks[@]}" || rc=$?
     judge 7 "$wd/boot7.log" "$rc"
     for fs in ext4 xfs; do
       check_fs_remaps "$fs" "$wd/boot6.log"
