@@ -59,10 +59,10 @@ rc=0
 qemu_boot bench "$wd/bench.log" "$wd/main.img" "$wd/spare.img" || rc=$?
 judge bench "$wd/bench.log" "$rc"
 grep '^BENCH' "$wd/bench.log" >"$wd/bench.txt"
-awk '{ key = $3 " " $4 " QD" $5; split($6, a, "="); split($7, b, "=");
-       v[$2, key] = ($4 == "1m") ? b[2] : a[2]; if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
+awk '{ key = $3 " " $4 " QD" $5; split($6, iops, "="); split($7, kib, "=");
+       v[$2, key] = ($4 == "1m") ? kib[2] : iops[2]; if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
   END {
     printf "%-22s %10s %10s %10s %10s   %s\n", "job (4k: IOPS, 1m: KiB/s)", "raw", "dm-remap", "ublk", "nbd", "ublk/raw ublk/nbd ublk/dm"
-    for (i = 1; i <= n; i++) { k = order[i]; r = v["raw", k]; d = v["dm-remap-v4", k]; u = v["ublk", k]; b = v["nbd", k]
-      printf "%-22s %10d %10d %10d %10d   %8.2f %8.2f %8.2f\n", k, r, d, u, b, (r ? u / r : 0), (b ? u / b : 0), (d ? u / d : 0) }
+    for (i = 1; i <= n; i++) { k = order[i]; r = v["raw", k]; d = v["dm-remap-v4", k]; u = v["ublk", k]; nb = v["nbd", k]
+      printf "%-22s %10d %10d %10d %10d   %8.2f %8.2f %8.2f\n", k, r, d, u, nb, (r ? u / r : 0), (nb ? u / nb : 0), (d ? u / d : 0) }
   }' "$wd/bench.txt" | tee "$wd/ratios.txt"

@@ -460,5 +460,5 @@ if [ -n "${fs_step:-}" ]; then
   . /fs.sh
 fi
 
-# Phases 5 and ublknone: `remap attach` over ublk (remap-ublk/scripts/guest/ublk.sh).
-case $phase in 5 | ublknone) . /ublk.sh ;; esac
+# Phases 5, ublknone and bench: `remap attach` over ublk (remap-ublk/scripts/guest/ublk.sh).
+case $phase in 5 | ublknone | bench) . /ublk.sh ;; esac
