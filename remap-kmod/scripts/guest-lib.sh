@@ -5,10 +5,11 @@
 # KIMAGE, KREL, wd (holding initrd.gz), timeout_s, and defines log and die.
 
 # One boot with the given disks (virtio, in order: vda, vdb, ...) and $BOOT_APPEND on the
-# kernel command line. Returns qemu's status;
-# the console goes to $2. Two guest CPUs, run by one TCG thread: with a thread per vCPU,
-# the kernel's live code patching (int3 + text_poke) races in TCG and early boot can oops
-# at random, before anything of ours is loaded.
+# kernel command line. Returns qemu's status; the console goes to $2. no_timer_check:
+# under a loaded host the emulated timer can miss the kernel's IO-APIC check, which then
+# panics at boot ("IO-APIC + timer doesn't work"). Two guest CPUs, run by one TCG thread:
+# with a thread per vCPU, the kernel's live code patching (int3 + text_poke) races in TCG
+# and early boot can oops at random, before anything of ours is loaded.
 qemu_boot() { # phase log disk...
   local phase=$1 out=$2 rc=0 disk drives=()
   shift 2
@@ -16,7 +17,7 @@ qemu_boot() { # phase log disk...
   timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512 -smp 2 \
     -nographic -no-reboot \
     -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
-    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30)) ${BOOT_APPEND:-}" \
+    -append "console=ttyS0 no_timer_check panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30)) ${BOOT_APPEND:-}" \
     "${drives[@]}" \
     </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
   return "$rc"
