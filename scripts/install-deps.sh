@@ -70,3 +70,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "install-deps: cargo install cargo-fuzz" >&2
   cargo install --locked cargo-fuzz >/dev/null
 fi
+
+# remap-ublk: libublk's -sys crate generates its ublk bindings with bindgen, which loads
+# libclang and reads the kernel's uapi headers (linux-libc-dev).
+if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then apt_install libclang-dev; fi
+[ -e /usr/include/linux/ioctl.h ] || apt_install linux-libc-dev
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || { echo "install-deps: libclang is still missing" >&2; exit 1; }

@@ -248,6 +248,14 @@ pub enum CliError {
     #[error(transparent)]
     Units(#[from] remap_service::boot_units::UnitsError),
 
+    /// `remap attach` could not start, refused, or ended in failure.
+    #[error(transparent)]
+    Attach(#[from] remap_ublk::AttachError),
+
+    /// `remap detach` failed or refused.
+    #[error(transparent)]
+    Detach(#[from] remap_ublk::DetachError),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {

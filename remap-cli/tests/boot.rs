@@ -158,3 +158,17 @@ fn serve_tells_systemd_it_is_ready_and_stopping() {
     // (SuccessExitStatus).
     assert_eq!(status.code(), Some(143), "{status}");
 }
+
+#[test]
+fn the_attach_template_verifies() {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/remap-attach@.service");
+    let body = std::fs::read_to_string(&dist).expect("dist/systemd/remap-attach@.service");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("remap-attach@test.service");
+    std::fs::write(
+        &unit,
+        body.replace("/usr/bin/remap", env!("CARGO_BIN_EXE_remap")),
+    )
+    .unwrap();
+    verify(&[unit]);
+}

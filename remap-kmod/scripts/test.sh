@@ -67,4 +67,7 @@ RUSTC_BOOTSTRAP=1 RUSTFLAGS="--cfg remap_kernel" \
 
 step "guest tests (qemu TCG)"
 "$here/guest-test.sh" "$which_kernels"
+
+step "guest tests of remap attach over ublk (qemu TCG; the refusal on 6.1)"
+"$repo/remap-ublk/scripts/guest-test.sh" "$which_kernels"
 step "done"

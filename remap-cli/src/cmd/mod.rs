@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use remap_service::settings::SettingChanges;
 
 pub mod activate;
+pub mod attach;
 pub mod check;
 pub mod create;
 pub mod deactivate;
+pub mod detach;
 pub mod dump;
 pub mod generator;
 pub mod health;
