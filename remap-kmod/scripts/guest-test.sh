@@ -9,8 +9,12 @@
 # Boot 1 runs everything and ends with a remapped write followed at once by a forced
 # power-off; boot 2 checks that remap and every earlier one survived, and runs `remap
 # table/activate/deactivate` and their refusals. Boots 3 and 4 put ext4 and xfs on remap
-# devices over failing segments, power off with writes in flight and check the filesystems
-# and `remap dump` after the reboot (guest/fs.sh). Fails loudly on a
+# devices, and ext4 on `remap serve` + the kernel's nbd client, over failing segments,
+# power off with writes in flight and check the filesystems and `remap dump` after the
+# reboot (guest/fs.sh). Boots 5 and 6 boot a Debian systemd root with remap installed where
+# a package puts it (mkroot.sh, bootroot.sh): /etc/remaptab and /etc/fstab bring a pair up
+# and mount it, remap-serve@ and nbd@ serve and mount another, files verify after a
+# reboot, `remap dump` lists the remaps (guest/boot.sh). Fails loudly on a
 # guest panic, oops, BUG or WARN, on a hang (timeout), on any FAIL line, and when a
 # phase's SUMMARY is missing or does not account for every check it planned.
 #
@@ -66,7 +70,32 @@ boot() { # phase log
     -drive "file=$wd/fs-ext4-spare.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/fs-xfs.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/fs-xfs-spare.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/fs-nbd.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/fs-nbd-spare.img,if=virtio,format=raw,cache=unsafe" \
     </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
+  return "$rc"
+}
+
+# One boot of the systemd root (bootroot.sh): the same kernel and initramfs, whose /init
+# mounts remap.root and hands over to systemd. The main disks fail a run of blocks (qemu's
+# blkdebug) and carry serial numbers, so the guest finds them in /dev/disk/by-id.
+boot_root() { # phase log
+  local phase=$1 out=$2 rc=0 pair
+  local disks=(-drive "if=none,id=root,format=raw,cache=unsafe,file=$wd/boot-root.img"
+    -device virtio-blk-pci,drive=root,serial=remap-root)
+  for pair in main:boot-main smain:boot-smain; do
+    disks+=(-drive "if=none,id=${pair%%:*},format=raw,cache=unsafe,file=blkdebug:$wd/boot-rules.conf:$wd/${pair#*:}.img"
+      -device "virtio-blk-pci,drive=${pair%%:*},serial=remap-${pair%%:*}")
+  done
+  for pair in spare:boot-spare sspare:boot-sspare; do
+    disks+=(-drive "if=none,id=${pair%%:*},format=raw,cache=unsafe,file=$wd/${pair#*:}.img"
+      -device "virtio-blk-pci,drive=${pair%%:*},serial=remap-${pair%%:*}")
+  done
+  timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 1024 -smp 2 \
+    -nographic -no-reboot -vga none -nic none \
+    -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
+    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.root=remap-root remap.phase=$phase systemd.show_status=0 modprobe.blacklist=floppy" \
+    "${disks[@]}" </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
   return "$rc"
 }
 
@@ -135,6 +164,30 @@ check_fs_remaps() { # fs
     die "$KREL: $fs: remap dump does not show remaps in every failing segment and only there"
 }
 
+# The boot path's pairs: every remapped block lies in the run the disks fail, and there
+# are as many as the guest counted (BOOTREMAPS, after the reboot).
+check_boot_remaps() { # pair main spare
+  local remapped first last want
+  remapped=$("$REMAP_BIN" dump "$wd/$2.img" "$wd/$3.img" --json |
+    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
+    die "$KREL: remap dump of the boot-path pair $1 failed"
+  read -r first last <"$wd/boot-fail-run"
+  want=$(sed -n "s/^BOOTREMAPS $1 \([0-9]*\)$/\1/p" "$wd/boot6.log")
+  [ -n "$want" ] && [ "$want" -gt 0 ] || die "$KREL: boot path: the guest counted no remaps on $1"
+  [ "$(echo "$remapped" | grep -c .)" = "$want" ] ||
+    die "$KREL: boot path: remap dump lists $(echo "$remapped" | grep -c .) remaps on $1, the guest counted $want"
+  echo "$remapped" | awk -v lo="$first" -v hi="$last" '$1 < lo || $1 > hi { bad = 1 } END { exit bad }' ||
+    die "$KREL: boot path: $1 has remaps outside the failing run $first-$last: $(echo $remapped)"
+  "$REMAP_BIN" check "$wd/$2.img" "$wd/$3.img" >"$wd/check-$1.log" 2>&1 ||
+    die "$KREL: boot path: remap check of $1 after the clean poweroff failed: $(cat "$wd/check-$1.log")"
+  log "$KREL: boot path: remap dump lists the $want remaps of $1, all in the failing run $first-$last; remap check passes"
+}
+
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+t_root=$SECONDS
+root_tar=$($SUDO env REMAP_KCACHE="${REMAP_KCACHE:-}" "$here/mkroot.sh") || die "the systemd root (mkroot.sh) failed"
+log "systemd root for the boot path: $root_tar ($((SECONDS - t_root))s)"
+
 for flav in $flavours; do
   t0=$SECONDS
   benv=$("$here/build.sh" "$flav")
@@ -167,7 +220,7 @@ for flav in $flavours; do
     die "remap create of the logged spare failed"
   cp "$wd/logspare.img" "$wd/logspare-before.img"
   # The filesystem-on-top pairs (guest/fs.sh): 512 MiB main backings, 16 MiB spares.
-  for fs in ext4 xfs; do
+  for fs in ext4 xfs nbd; do
     truncate -s 512M "$wd/fs-$fs.img"
     truncate -s 16M "$wd/fs-$fs-spare.img"
     "$REMAP_BIN" create "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" >/dev/null ||
@@ -212,8 +265,23 @@ for flav in $flavours; do
   rc=0
   boot 4 "$wd/boot4.log" || rc=$?
   judge 4 "$wd/boot4.log" "$rc"
-  for fs in ext4 xfs; do check_fs_remaps "$fs"; done
+  for fs in ext4 xfs nbd; do check_fs_remaps "$fs"; done
   log "$KREL: filesystems on top took $((SECONDS - t_fs))s (boots 3 and 4 and the dumps)"
+
+  t_boot=$SECONDS
+  $SUDO env REMAP_BIN="$REMAP_BIN" "$here/bootroot.sh" "$kenv" "$benv" "$root_tar" "$wd" ||
+    die "$KREL: the boot-path disks (bootroot.sh) failed"
+  log "$KREL: boot 5, the boot path in a systemd root (qemu TCG)"
+  rc=0
+  boot_root 5 "$wd/boot5.log" || rc=$?
+  judge 5 "$wd/boot5.log" "$rc"
+  log "$KREL: boot 6, the boot path again after a reboot (qemu TCG)"
+  rc=0
+  boot_root 6 "$wd/boot6.log" || rc=$?
+  judge 6 "$wd/boot6.log" "$rc"
+  check_boot_remaps data boot-main boot-spare
+  check_boot_remaps served boot-smain boot-sspare
+  log "$KREL: the boot path took $((SECONDS - t_boot))s (boots 5 and 6 and the disks)"
   grep '^PERF' "$wd/boot1.log" >"$wd/perf.txt"
   # Best of the rounds (interference from the host only ever slows a run down) and mean.
   awk -v k="$KREL" '{ key = $2 " " $3; v = $(NF-1); s[key] += v; n[key]++; if (v > b[key]) b[key] = v }

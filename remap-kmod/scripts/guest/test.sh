@@ -7,6 +7,7 @@
 #               remap is still there and nothing else is; a clean remove; then `remap
 #               table/activate/deactivate` and each of their refusals
 #   test.sh 3/4 filesystems on top (guest/fs.sh)
+#   test.sh 5/6 the boot path in a systemd root (guest/boot.sh)
 #
 # Disks (from the host): /dev/vda main backing (32 MiB), /dev/vdb spare formatted on the
 # host with `remap create`, /dev/vdc a blank 4 MiB disk, /dev/vdd a small spare (4 spare
@@ -448,4 +449,10 @@ fi
 # Phases 3 and 4: filesystems on top (guest/fs.sh).
 if [ "$phase" = 3 ] || [ "$phase" = 4 ]; then
   . /fs.sh
+fi
+
+# Phases 5 and 6: the boot path in a systemd root (guest/boot.sh, with fs.sh's helpers).
+if [ "$phase" = 5 ] || [ "$phase" = 6 ]; then
+  . /fs.sh
+  . /boot.sh
 fi
