@@ -12,10 +12,10 @@
 #
 # Disks: /dev/vdg, /dev/vdi and /dev/vdk are 512 MiB backings of the three main devices,
 # /dev/vdh, /dev/vdj and /dev/vdl their spares, formatted on the host with `remap create`.
-# The failing segments (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put (guest-test.sh prints where
-# the host's dry run of the same binaries put them):
-#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, file data (a
-#         64-block run: 2200-2263 on 6.1, 32896-32959 on 6.12), 65600-65615 journal
+# The failing segments (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size and the
+# kernels' allocators put these structures (read back with debugfs / xfs_db on the host):
+#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 32896-32959 file
+#         data (a 64-block run), 65600-65615 journal
 #   xfs:  16-23 the root inode chunk (the root directory lives in its inode), 200-263 file
 #         data (a 64-block run, past the first 128 blocks that xfs_repair reads whole as
 #         the superblock area), 65560-65575 log
@@ -23,16 +23,11 @@
 # Output as test.sh: RESULT/FAIL/PLAN/SUMMARY; "FSSEG <fs> <first> <last>" for the host,
 # which checks that `remap dump` lists remaps in every segment and nowhere else.
 
-# ext4's first file data moved between the kernels: 6.1 puts it after the inode tables
-# of the first flex group, 6.12 in group 1 (32833 on; 32896-32958 is the file f7). The
-# run of 64 failing blocks follows it (the boot-path test, bootroot.sh, uses it too).
-ext4_data_run() { # kernel release
-  case $1 in
-    6.1.*) echo 2200-2263 ;;
-    *) echo 32896-32959 ;;
-  esac
-}
-SEGS_ext4="73-76 2121-2121 $(ext4_data_run "$(uname -r)") 65600-65615"
+# ext4 (Linux 6.1 and 6.12 alike) puts the data of write_files' files in block group 1,
+# from block 32833 on; 32896-32958 holds the file f7. The boot-path test (bootroot.sh)
+# fails the same run.
+EXT4_DATA_RUN=32896-32959
+SEGS_ext4="73-76 2121-2121 $EXT4_DATA_RUN 65600-65615"
 SEGS_xfs="16-23 200-263 65560-65575"
 BACKING_ext4=/dev/vdg SPARE_ext4=/dev/vdh
 BACKING_xfs=/dev/vdi SPARE_xfs=/dev/vdj
