@@ -132,12 +132,13 @@ echo "GUEST: systemd boot done at $(cut -d' ' -f1 /proc/uptime)s, phase $phase"
 sh /test.sh "$phase"
 echo "GUEST: test.sh exited $? at $(cut -d' ' -f1 /proc/uptime)s"
 # What the boot spent its time on (systemd-analyze needs D-Bus, which this root lacks).
-for u in $(systemctl list-units --all --plain --no-legend --type=service,mount | awk '{print $1}'); do
-  systemctl show -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic "$u" |
-    tr '\n' ' ' | awk -v u="$u" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); t[kv[1]] = kv[2] }
-      s = t["InactiveExitTimestampMonotonic"]; e = t["ActiveEnterTimestampMonotonic"]
-      if (s > 0 && e >= s) printf "%d %.1fs-%.1fs %s\n", e - s, s / 1e6, e / 1e6, u }'
-done | sort -rn | head -n 12 | cut -d' ' -f2- | sed 's/^/GUEST: unit /'
+systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -- \
+  $(systemctl list-units --all --plain --no-legend --type=service,mount | awk '{print $1}') |
+  awk 'BEGIN { RS = ""; FS = "\n" }
+    { for (i = 1; i <= NF; i++) { eq = index($i, "="); p[substr($i, 1, eq - 1)] = substr($i, eq + 1) }
+      s = p["InactiveExitTimestampMonotonic"]; e = p["ActiveEnterTimestampMonotonic"]
+      if (s > 0 && e >= s) printf "%d %.1fs-%.1fs %s\n", e - s, s / 1e6, e / 1e6, p["Id"] }' |
+  sort -rn | head -n 12 | cut -d' ' -f2- | sed 's/^/GUEST: unit /'
 systemctl poweroff --no-block --check-inhibitors=no
 EOF
 chmod +x "$r/boot-check"
