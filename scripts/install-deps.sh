@@ -47,6 +47,9 @@ check mke2fs e2fsprogs
 check e2fsck e2fsprogs
 check mkfs.xfs xfsprogs
 check xfs_repair xfsprogs
+check nbd-client nbd-client
+# The boot-path guest's systemd root (remap-kmod/scripts/mkroot.sh).
+check debootstrap debootstrap
 check systemd-escape systemd
 check systemd-analyze systemd
 # nbdsh needs the Python module too (nbdsh is a script in libnbd-bin on some releases).
@@ -57,7 +60,7 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze nbd-client debootstrap; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -9,12 +9,18 @@
 # Boot 1 runs everything and ends with a remapped write followed at once by a forced
 # power-off; boot 2 checks that remap and every earlier one survived, and runs `remap
 # table/activate/deactivate` and their refusals. Boots 3 and 4 put ext4 and xfs on remap
-# devices over failing segments, power off with writes in flight and check the filesystems
-# and `remap dump` after the reboot (guest/fs.sh). Fails loudly on a
+# devices, and ext4 on `remap serve` + the kernel's nbd client, over failing segments,
+# power off with writes in flight and check the filesystems and `remap dump` after the
+# reboot (guest/fs.sh). Boots 5 and 6 boot a Debian systemd root with remap installed where
+# a package puts it (mkroot.sh, bootroot.sh): /etc/remaptab and /etc/fstab bring a pair up
+# and mount it, remap-serve@ and nbd@ serve and mount another, files verify after a
+# reboot, `remap dump` lists the remaps (guest/boot.sh); on 6.12, or the kernels
+# REMAP_BOOT_KERNELS names. Fails loudly on a
 # guest panic, oops, BUG or WARN, on a hang (timeout), on any FAIL line, and when a
 # phase's SUMMARY is missing or does not account for every check it planned.
 #
-# Environment: REMAP_GUEST_TIMEOUT (seconds per boot, default 300), REMAP_BIN (a built
+# Environment: REMAP_GUEST_TIMEOUT (seconds per boot, default 300; REMAP_ROOT_TIMEOUT for
+# the systemd boots 8 and 9, default 600), REMAP_BIN (a built
 # `remap` binary; default: built here with cargo).
 set -euo pipefail
 
@@ -22,6 +28,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 crate=$(cd "$here/.." && pwd)
 repo=$(cd "$crate/.." && pwd)
 timeout_s=${REMAP_GUEST_TIMEOUT:-300}
+# A systemd boot does more than the busybox guests: its own limit (boots 8 and 9).
+root_timeout_s=${REMAP_ROOT_TIMEOUT:-600}
 
 log() { echo "guest-test: $*" >&2; }
 die() { echo "guest-test: FAILED: $*" >&2; exit 1; }
@@ -54,7 +62,34 @@ LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
 boot() { # phase log [more kernel parameters]
   BOOT_APPEND=${3:-} qemu_boot "$1" "$2" "$wd/main.img" "$wd/spare.img" "$wd/blank.img" \
     "$wd/small.img" "$wd/logspare.img" "$wd/log.img" "$wd/fs-ext4.img" \
-    "$wd/fs-ext4-spare.img" "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img"
+    "$wd/fs-ext4-spare.img" "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img" "$wd/fs-nbd.img" \
+    "$wd/fs-nbd-spare.img"
+}
+
+# One boot of the systemd root (bootroot.sh): the same kernel and initramfs, whose /init
+# mounts remap.root and hands over to systemd. The main disks fail a run of blocks (qemu's
+# blkdebug) and carry serial numbers, so the guest finds them in /dev/disk/by-id.
+boot_root() { # phase log
+  local phase=$1 out=$2 rc=0 pair
+  local disks=(-drive "if=none,id=root,format=raw,cache=unsafe,file=$wd/boot-root.img"
+    -device virtio-blk-pci,drive=root,serial=remap-root)
+  for pair in main:boot-main smain:boot-smain; do
+    disks+=(-drive "if=none,id=${pair%%:*},format=raw,cache=unsafe,file=blkdebug:$wd/boot-rules.conf:$wd/${pair#*:}.img"
+      -device "virtio-blk-pci,drive=${pair%%:*},serial=remap-${pair%%:*}")
+  done
+  for pair in spare:boot-spare sspare:boot-sspare; do
+    disks+=(-drive "if=none,id=${pair%%:*},format=raw,cache=unsafe,file=$wd/${pair#*:}.img"
+      -device "virtio-blk-pci,drive=${pair%%:*},serial=remap-${pair%%:*}")
+  done
+  # -nodefaults: no CD-ROM, floppy, VGA or NIC for udev's coldplug to load drivers for.
+  # no_timer_check: under a loaded host, TCG is too slow for the kernel's check of the
+  # timer interrupt, which then hangs early boot ("8254 timer not connected to IO-APIC").
+  timeout --foreground "$root_timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 1024 -smp 2 \
+    -nodefaults -display none -serial stdio -no-reboot \
+    -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
+    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.root=remap-root remap.phase=$phase systemd.show_status=0 modprobe.blacklist=floppy no_timer_check" \
+    "${disks[@]}" </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
+  return "$rc"
 }
 
 # The remapped blocks `remap dump` finds on the spare, sorted, one per line.
@@ -78,6 +113,39 @@ compare_dump() { # label
     die "$KREL: remap dump ($1) shows pending blocks; the guest rewrote them all"
   fi
 }
+
+# The boot path's pairs: every remapped block lies in the run the disks fail, and there
+# are as many as the guest counted (BOOTREMAPS, after the reboot).
+check_boot_remaps() { # pair main spare
+  local remapped first last want
+  remapped=$("$REMAP_BIN" dump "$wd/$2.img" "$wd/$3.img" --json |
+    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
+    die "$KREL: remap dump of the boot-path pair $1 failed"
+  read -r first last <"$wd/boot-fail-run"
+  want=$(sed -n "s/^BOOTREMAPS $1 \([0-9]*\)$/\1/p" "$wd/boot9.log")
+  [ -n "$want" ] && [ "$want" -gt 0 ] || die "$KREL: boot path: the guest counted no remaps on $1"
+  [ "$(echo "$remapped" | grep -c .)" = "$want" ] ||
+    die "$KREL: boot path: remap dump lists $(echo "$remapped" | grep -c .) remaps on $1, the guest counted $want"
+  echo "$remapped" | awk -v lo="$first" -v hi="$last" '$1 < lo || $1 > hi { bad = 1 } END { exit bad }' ||
+    die "$KREL: boot path: $1 has remaps outside the failing run $first-$last: $(echo $remapped)"
+  "$REMAP_BIN" check "$wd/$2.img" "$wd/$3.img" >"$wd/check-$1.log" 2>&1 ||
+    die "$KREL: boot path: remap check of $1 after the clean poweroff failed: $(cat "$wd/check-$1.log")"
+  log "$KREL: boot path: remap dump lists the $want remaps of $1, all in the failing run $first-$last; remap check passes"
+}
+
+# The kernels the boot path (boots 8 and 9) runs on: 6.12 unless REMAP_BOOT_KERNELS says
+# otherwise ("6.1 6.12" for both; each costs about 5 minutes of TCG).
+boot_kernels=${REMAP_BOOT_KERNELS:-6.12}
+boot_path() { case " $boot_kernels " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+root_tar=
+for flav in $flavours; do
+  boot_path "$flav" || continue
+  t_root=$SECONDS
+  root_tar=$($SUDO env REMAP_KCACHE="${REMAP_KCACHE:-}" "$here/mkroot.sh") || die "the systemd root (mkroot.sh) failed"
+  log "systemd root for the boot path: $root_tar ($((SECONDS - t_root))s)"
+  break
+done
 
 for flav in $flavours; do
   t0=$SECONDS
@@ -111,7 +179,7 @@ for flav in $flavours; do
     die "remap create of the logged spare failed"
   cp "$wd/logspare.img" "$wd/logspare-before.img"
   # The filesystem-on-top pairs (guest/fs.sh): 512 MiB main backings, 16 MiB spares.
-  for fs in ext4 xfs; do
+  for fs in ext4 xfs nbd; do
     truncate -s 512M "$wd/fs-$fs.img"
     truncate -s 16M "$wd/fs-$fs-spare.img"
     "$REMAP_BIN" create "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" >/dev/null ||
@@ -158,8 +226,27 @@ for flav in $flavours; do
   rc=0
   boot 4 "$wd/boot4.log" "$fsdata" || rc=$?
   judge 4 "$wd/boot4.log" "$rc"
-  for fs in ext4 xfs; do check_fs_remaps "$fs"; done
+  for fs in ext4 xfs nbd; do check_fs_remaps "$fs"; done
   log "$KREL: filesystems on top took $((SECONDS - t_fs))s (boots 3 and 4 and the dumps)"
+
+  if boot_path "$flav"; then
+    t_boot=$SECONDS
+    $SUDO env REMAP_BIN="$REMAP_BIN" "$here/bootroot.sh" "$kenv" "$benv" "$root_tar" "$wd" ||
+      die "$KREL: the boot-path disks (bootroot.sh) failed"
+    log "$KREL: boot 8, the boot path in a systemd root (qemu TCG)"
+    rc=0
+    boot_root 8 "$wd/boot8.log" || rc=$?
+    judge 8 "$wd/boot8.log" "$rc"
+    log "$KREL: boot 9, the boot path again after a reboot (qemu TCG)"
+    rc=0
+    boot_root 9 "$wd/boot9.log" || rc=$?
+    judge 9 "$wd/boot9.log" "$rc"
+    check_boot_remaps data boot-main boot-spare
+    check_boot_remaps served boot-smain boot-sspare
+    log "$KREL: the boot path took $((SECONDS - t_boot))s (boots 8 and 9 and the disks)"
+  else
+    log "$KREL: no boot path on this kernel (REMAP_BOOT_KERNELS=$boot_kernels)"
+  fi
   grep '^PERF' "$wd/boot1.log" >"$wd/perf.txt"
   # Best of the rounds (interference from the host only ever slows a run down) and mean.
   awk -v k="$KREL" '{ key = $2 " " $3; v = $(NF-1); s[key] += v; n[key]++; if (v > b[key]) b[key] = v }

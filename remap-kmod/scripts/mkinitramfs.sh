@@ -7,7 +7,7 @@
 #   REMAP_BIN=target/release/remap mkinitramfs.sh <kernel env> <build env> <out.cpio.gz> [data file...]
 #
 # Modules: virtio (whatever of it is modular on this kernel), virtio_blk, dm-mod (which
-# carries the linear and error targets), dm-flakey, dm-log-writes, crc32c, ext4 and xfs. /lib/modules/load-order lists them as
+# carries the linear and error targets), dm-flakey, dm-log-writes, crc32c, ext4, xfs and nbd. /lib/modules/load-order lists them as
 # the guest must insmod them.
 set -euo pipefail
 
@@ -22,7 +22,7 @@ shift 3
 . "$benv"
 
 die() { echo "mkinitramfs: error: $*" >&2; exit 1; }
-for tool in busybox dmsetup objcopy xz cpio gzip ldd mke2fs e2fsck filefrag mkfs.xfs xfs_repair; do
+for tool in busybox dmsetup objcopy xz cpio gzip ldd mke2fs e2fsck filefrag mkfs.xfs xfs_repair nbd-client; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
@@ -50,10 +50,10 @@ with_libs "$dms"
 [ -x "${REMAP_BIN:-}" ] || die "REMAP_BIN does not name a built remap binary"
 objcopy --strip-debug "$REMAP_BIN" "$w/sbin/remap"
 with_libs "$REMAP_BIN"
-# The filesystem tools of the filesystem-on-top phases, with Debian's mke2fs defaults
-# (filefrag finds where a file's data went, for the failing run under it).
-for tool in mke2fs e2fsck filefrag mkfs.xfs xfs_repair; do
-  p=$(command -v "$tool") || die "$tool is not installed (e2fsprogs, xfsprogs)"
+# The filesystem tools and the NBD client of the filesystem-on-top phases, with Debian's
+# mke2fs defaults (filefrag finds where a file's data went, for the failing run under it).
+for tool in mke2fs e2fsck filefrag mkfs.xfs xfs_repair nbd-client; do
+  p=$(command -v "$tool") || die "$tool is not installed (e2fsprogs, xfsprogs, nbd-client)"
   cp "$p" "$w/sbin/$tool"
   with_libs "$p"
 done
@@ -99,7 +99,7 @@ add_module() { # name: dependencies first, each module once
 }
 # crc32c_generic before the filesystems: ext4 and xfs ask the crypto API for crc32c, and
 # the guest has no modprobe for the kernel to call.
-for m in virtio_pci virtio_blk dm-mod dm-flakey dm-log-writes crc32c_generic ext4 xfs; do
+for m in virtio_pci virtio_blk dm-mod dm-flakey dm-log-writes crc32c_generic ext4 xfs nbd; do
   add_module "$m"
 done
 # ublk_drv for `remap attach` (remap-ublk/scripts/guest/ublk.sh), where the kernel has it

@@ -34,6 +34,8 @@ check mke2fs e2fsprogs
 check e2fsck e2fsprogs
 check mkfs.xfs xfsprogs
 check xfs_repair xfsprogs
+check nbd-client nbd-client
+check debootstrap debootstrap
 bb=$(command -v busybox || true)
 if [ -z "$bb" ] || [[ "$(ldd "$bb" 2>&1 || true)" != *"not a dynamic executable"* ]]; then
   need+=(busybox-static)

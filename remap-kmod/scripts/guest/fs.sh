@@ -7,13 +7,16 @@
 #   write (3, 6)    ext4 and xfs, made with default options on a remap device whose main
 #                   device fails reads and writes in segments under filesystem metadata
 #                   and data; files with known checksums, sync, fsck clean; then writes in
-#                   flight and an immediate power-off
+#                   flight and an immediate power-off. With dm-remap-v4 a third pair,
+#                   "nbd": ext4 on `remap serve` + the kernel's nbd client.
 #   verify (4, 7)   after that power-off: the same tables, the log replayed by a mount,
 #                   fsck clean, every synced file verifies; `remap deactivate` / `detach`
+#                   (nbd: disconnect, then SIGTERM to `remap serve`, which drains, flushes
+#                   and checkpoints)
 #
-# Disks: /dev/vdg and /dev/vdi (or $BACKING_ext4, $BACKING_xfs) are 512 MiB backings of the
-# two main devices, /dev/vdh and /dev/vdj ($SPARE_ext4, $SPARE_xfs) their spares,
-# formatted on the host with `remap create`. The failing segments
+# Disks: /dev/vdg, /dev/vdi and /dev/vdk (or $BACKING_ext4, $BACKING_xfs) are 512 MiB
+# backings of the main devices, /dev/vdh, /dev/vdj and /dev/vdl ($SPARE_ext4, $SPARE_xfs)
+# their spares, formatted on the host with `remap create`. The failing segments
 # (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put metadata:
 #   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 65600-65615 journal
 #   xfs:  16-23 the root inode chunk (the root directory lives in its inode), 65560-65575 log
@@ -31,7 +34,12 @@ SEGS_ext4="73-76 2121-2121 65600-65615"
 SEGS_xfs="16-23 65560-65575"
 BACKING_ext4=${BACKING_ext4:-/dev/vdg} SPARE_ext4=${SPARE_ext4:-/dev/vdh}
 BACKING_xfs=${BACKING_xfs:-/dev/vdi} SPARE_xfs=${SPARE_xfs:-/dev/vdj}
+# "nbd": ext4 on `remap serve` + the kernel's nbd client, over the ext4 segments.
+SEGS_nbd=$SEGS_ext4
+BACKING_nbd=/dev/vdk SPARE_nbd=/dev/vdl
 FS_FRONTEND=${FS_FRONTEND:-dm}
+if [ "$FS_FRONTEND" = ublk ]; then FILESYSTEMS="ext4 xfs"; else FILESYSTEMS="ext4 xfs nbd"; fi
+FS_COUNT=$(echo $FILESYSTEMS | wc -w)
 FS_BLOCKS=131072
 
 # The main device's table: linear over the backing, error over each segment.
@@ -50,7 +58,9 @@ fs_up() { # fs
   eval backing=\$BACKING_$1 spare=\$SPARE_$1 segs=\"\$SEGS_$1 \$DATASEG_$1\"
   fs_table "$backing" "$segs" | dmsetup create --noudevsync "m$1" && dmsetup mknodes "m$1" ||
     return 1
-  if [ "$FS_FRONTEND" = ublk ]; then
+  if [ "$1" = nbd ]; then
+    nbd_up "/dev/mapper/m$1" "$spare"
+  elif [ "$FS_FRONTEND" = ublk ]; then
     ublk_up "$1" "/dev/mapper/m$1" "$spare"
   else
     remap activate "r$1" "/dev/mapper/m$1" "$spare" >/dev/null
@@ -72,18 +82,51 @@ ublk_up() { # fs main spare
   [ -b "$d" ]
 }
 
-# The remap device of a filesystem pair.
-rdev() { # fs
-  if [ "$FS_FRONTEND" = ublk ]; then cat "/tmp/ublk-$1.dev"; else echo "/dev/mapper/r$1"; fi
+# `remap serve` in the background and the kernel's nbd client on /dev/nbd0.
+nbd_up() { # main spare
+  rm -f /tmp/nbd.sock /tmp/nbd.ctl
+  remap serve "$1" "$2" --socket /tmp/nbd.sock --control /tmp/nbd.ctl >/tmp/serve.out 2>&1 &
+  echo $! >/tmp/serve.pid
+  i=0
+  while [ ! -S /tmp/nbd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  nbd-client -u /tmp/nbd.sock /dev/nbd0 -b 4096 >/dev/null 2>&1 || { cat /tmp/serve.out; return 1; }
+  i=0
+  while [ "$(blockdev --getsz /dev/nbd0 2>/dev/null)" != 1048576 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ "$(blockdev --getsz /dev/nbd0)" = 1048576 ]
 }
+
+# Disconnect the client, then SIGTERM to `remap serve` (drain, flush, checkpoint; exit 143)
+# and wait for it.
+nbd_down() {
+  nbd-client -d /dev/nbd0 >/dev/null 2>&1 || return 1
+  pid=$(cat /tmp/serve.pid)
+  kill -TERM "$pid" || return 1
+  i=0
+  while kill -0 "$pid" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  ! kill -0 "$pid" 2>/dev/null
+}
+
+# The remap device of a filesystem pair, and the filesystem on it.
+rdev() { # fs
+  if [ "$1" = nbd ]; then
+    echo /dev/nbd0
+  elif [ "$FS_FRONTEND" = ublk ]; then
+    cat "/tmp/ublk-$1.dev"
+  else
+    echo "/dev/mapper/r$1"
+  fi
+}
+fstype() { if [ "$1" = nbd ]; then echo ext4; else echo "$1"; fi; }
 
 frontend_ready() {
   if [ "$FS_FRONTEND" = ublk ]; then test -c /dev/ublk-control; else insmod /lib/modules/dm_remap.ko; fi
 }
 
 has_remaps() { # fs: the device reports remaps
-  if [ "$FS_FRONTEND" = ublk ]; then
-    n=$(remap status --control "/tmp/ublk-$1.ctl" --json | grep -o '"remapped": *[0-9]*' | head -n1 | grep -o '[0-9]*$')
+  if [ "$1" = nbd ] || [ "$FS_FRONTEND" = ublk ]; then
+    ctl=/tmp/ublk-$1.ctl
+    [ "$1" = nbd ] && ctl=/tmp/nbd.ctl
+    n=$(remap status --control "$ctl" --json | grep -o '"remapped": *[0-9]*' | head -n1 | grep -o '[0-9]*$')
   else
     n=$(dmsetup status "r$1" | awk '{print $11}')
   fi
@@ -91,7 +134,9 @@ has_remaps() { # fs: the device reports remaps
 }
 
 fs_down() { # fs: deactivate or detach (the daemon drains, flushes, checkpoints, exits 0)
-  if [ "$FS_FRONTEND" = ublk ]; then
+  if [ "$1" = nbd ]; then
+    nbd_down
+  elif [ "$FS_FRONTEND" = ublk ]; then
     remap detach "$(rdev "$1")" >/dev/null && wait "$(cat "/tmp/ublk-$1.pid")"
   else
     remap deactivate "r$1"
@@ -99,14 +144,14 @@ fs_down() { # fs: deactivate or detach (the daemon drains, flushes, checkpoints,
 }
 
 mkfs_of() { # fs
-  case $1 in
+  case $(fstype "$1") in
     ext4) /sbin/mke2fs -q -t ext4 "$(rdev "$1")" ;;
     xfs) /sbin/mkfs.xfs -q -f "$(rdev "$1")" ;;
   esac
 }
 
 fsck_of() { # fs: read-only, forced; its output goes to the console
-  case $1 in
+  case $(fstype "$1") in
     ext4) /sbin/e2fsck -fn "$(rdev "$1")" ;;
     xfs) /sbin/xfs_repair -n "$(rdev "$1")" ;;
   esac
@@ -145,9 +190,9 @@ write_files() { # fs
 }
 
 if [ "$fs_step" = write ]; then
-  echo "PLAN phase=$phase checks=23"
+  echo "PLAN phase=$phase checks=$((1 + 11 * FS_COUNT))"
   check frontend_ready frontend_ready
-  for fs in ext4 xfs; do
+  for fs in $FILESYSTEMS; do
     eval segs=\$SEGS_$fs
     for seg in $segs; do echo "FSSEG $fs ${seg%-*} ${seg#*-}"; done
     check "${fs}_activated" fs_up $fs
@@ -166,8 +211,8 @@ if [ "$fs_step" = write ]; then
     check "${fs}_status_has_remaps" has_remaps $fs
   done
   summary
-  # Writes in flight on both filesystems, then power off: no sync, no unmount.
-  for fs in ext4 xfs; do
+  # Writes in flight on every filesystem, then power off: no sync, no unmount.
+  for fs in $FILESYSTEMS; do
     (
       k=0
       while true; do
@@ -182,12 +227,12 @@ if [ "$fs_step" = write ]; then
 fi
 
 if [ "$fs_step" = verify ]; then
-  echo "PLAN phase=$phase checks=19"
-  for fs in ext4 xfs; do
+  echo "PLAN phase=$phase checks=$((1 + 9 * FS_COUNT))"
+  for fs in $FILESYSTEMS; do
     eval "DATASEG_$fs=$(sed -n "s/.*remap\.fsdata_$fs=\([0-9]*-[0-9]*\).*/\1/p" /proc/cmdline)"
   done
   check frontend_ready frontend_ready
-  for fs in ext4 xfs; do
+  for fs in $FILESYSTEMS; do
     check "${fs}_activated_again" fs_up $fs
     # A mount replays the journal/log of the crash; fsck then judges the result.
     check "${fs}_log_replayed" sh -c "mkdir -p /mnt/$fs && mount $(rdev $fs) /mnt/$fs && umount /mnt/$fs"

@@ -7,6 +7,7 @@
 #               remap is still there and nothing else is; a clean remove; then `remap
 #               table/activate/deactivate` and each of their refusals
 #   test.sh 3/4 filesystems on top (guest/fs.sh)
+#   test.sh 5/6 the boot path in a systemd root (guest/boot.sh)
 #
 # Disks (from the host): /dev/vda main backing (32 MiB), /dev/vdb spare formatted on the
 # host with `remap create`, /dev/vdc a blank 4 MiB disk, /dev/vdd a small spare (4 spare
@@ -462,3 +463,9 @@ fi
 
 # Phases 5, ublknone and bench: `remap attach` over ublk (remap-ublk/scripts/guest/ublk.sh).
 case $phase in 5 | ublknone | bench) . /ublk.sh ;; esac
+
+# Phases 8 and 9: the boot path in a systemd root (guest/boot.sh, with fs.sh's write_files).
+if [ "$phase" = 8 ] || [ "$phase" = 9 ]; then
+  . /fs.sh
+  . /boot.sh
+fi
