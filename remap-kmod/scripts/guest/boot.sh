@@ -5,9 +5,10 @@
 #   phase 8   first boot: with no manual step, systemd's remap-generator turned
 #             /etc/remaptab into remap-activate@data.service, which brought up
 #             /dev/mapper/data (the module loaded by modprobe from /lib/modules/*/updates),
-#             and /etc/fstab mounted it on /mnt/data; remap-serve@served.service (Type=notify: active once it is ready)
-#             exported the second pair, nbd@nbd0 connected the kernel's client to it, and
-#             fstab mounted /dev/nbd0 on /mnt/served. Files with known checksums are
+#             and /etc/fstab mounted it on /mnt/data (after systemd-fsck); the enabled
+#             remap-serve@served.service (Type=notify: active once it is ready) exported
+#             the second pair, nbd@nbd0 connected the kernel's client to it (/etc/nbdtab),
+#             and fstab mounted /dev/nbd0 on /mnt/served. Files with known checksums are
 #             written on both, over a 64-block run the main disks fail (qemu's blkdebug:
 #             the disks themselves fail), synced and verified; the remaps show in the
 #             status of both. Then a clean `systemctl poweroff` (ExecStop: deactivate,
