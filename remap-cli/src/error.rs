@@ -16,6 +16,7 @@ use remap_service::ServeError;
 use remap_service::blocks::OutOfRange;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
+use remap_service::probe::ProbeError;
 use remap_service::scrub::ScrubError;
 use remap_service::settings::SettingsError;
 use remap_service::smart::SmartError;
@@ -31,6 +32,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when a command was stopped by SIGINT or SIGTERM (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit status of `remap probe` when the device holds no remap metadata (not an error).
+pub const EXIT_NOT_FOUND: u8 = 3;
 
 /// Why a `remap` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +183,14 @@ pub enum CliError {
     #[error(transparent)]
     Smart(#[from] SmartError),
 
+    /// `remap probe` could not read the device.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+
+    /// `remap probe` found no remap metadata on the device: an answer, not a failure.
+    #[error("{}: no remap metadata found", path.display())]
+    NothingFound { path: PathBuf },
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -206,6 +217,7 @@ impl CliError {
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
+            CliError::NothingFound { .. } => EXIT_NOT_FOUND,
             _ => EXIT_FAILED,
         }
     }

@@ -41,9 +41,10 @@ Examples:
   remap serve /dev/sdb /dev/sdc1              export over NBD on 127.0.0.1:10809
   remap serve --demo                          try it: a demo disk with failing blocks
   remap status --control /run/remap.ctl       ask a `remap serve --control` that runs
+  remap probe /dev/sdc1                       is this a remap spare? (udev properties)
 
 Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error,
-130 interrupted (scrub: the cursor is saved).
+3 `remap probe` found no remap metadata, 130 interrupted (scrub: the cursor is saved).
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.
@@ -82,6 +83,7 @@ pub enum Command {
     Health(cmd::health::Args),
     Set(cmd::set::Args),
     Serve(cmd::serve::Args),
+    Probe(cmd::probe::Args),
 }
 
 /// Log to stderr. `-v` sets the level; without it `RUST_LOG` does; without either only
@@ -115,6 +117,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Health(args) => cmd::health::run(&args, out),
         Command::Set(args) => cmd::set::run(&args, out),
         Command::Serve(args) => cmd::serve::run(&args, out),
+        Command::Probe(args) => cmd::probe::run(&args, out),
     }
 }
 

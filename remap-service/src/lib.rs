@@ -15,6 +15,7 @@
 //! - [`control`]: the control protocol, its server and its client; [`metrics`]: the
 //!   Prometheus endpoint;
 //! - [`serve()`]: a pair served over NBD with all of the above, as a stoppable handle;
+//! - [`probe`]: whether a device holds a remap spare, as udev properties;
 //! - [`time`]: times as the reports carry them.
 //!
 //! Errors are one enum per area, each message naming the device it is about.
@@ -27,6 +28,7 @@ pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod predict;
+pub mod probe;
 pub mod scrub;
 pub mod serve;
 pub mod settings;

@@ -13,6 +13,7 @@ pub mod create;
 pub mod dump;
 pub mod health;
 pub mod map;
+pub mod probe;
 pub mod scrub;
 pub mod serve;
 pub mod set;
