@@ -34,6 +34,16 @@ check nbdsh python3-libnbd
 check nbdkit nbdkit
 check fio fio
 check promtool prometheus
+# Packaging: the probe's tests (a filesystem on a file, blkid), the udev rule under
+# `udevadm test`, the clean root the .deb installs into, man pages, bash completion, lintian.
+check mkfs.ext4 e2fsprogs
+check blkid util-linux
+check losetup mount
+check udevadm udev
+check debootstrap debootstrap
+check lintian lintian
+check man man-db
+[ -f /usr/share/bash-completion/bash_completion ] || need_apt+=(bash-completion)
 # nbdsh needs the Python module too (nbdsh is a script in libnbd-bin on some releases).
 if ! PATH=/usr/bin:$PATH /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1; then need_apt+=(python3-libnbd); fi
 # shellcheck disable=SC2207
@@ -42,7 +52,8 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio \
+  mkfs.ext4 blkid losetup udevadm debootstrap lintian man; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -54,4 +65,10 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "install-deps: cargo install cargo-fuzz" >&2
   cargo install --locked cargo-fuzz >/dev/null
+fi
+
+# cargo-deb builds the .deb (packaging/build-deb.sh).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-deps: cargo install cargo-deb" >&2
+  cargo install --locked cargo-deb >/dev/null
 fi
