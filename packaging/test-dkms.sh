@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The remap-dkms package builds without Rust and its module works: the tree is taken out of
+# the .deb as installed (/usr/src/dm-remap-VERSION), built against the Debian 6.1 and 6.12
+# headers (remap-kmod/scripts/kernels.sh; REMAP_KCACHE) with a PATH that has no rustc or
+# cargo, with no compiler or objtool warning, objtool having run with the kernel's
+# mitigation checks; then the existing guest tests run on the module built this way.
+#
+#   packaging/test-dkms.sh path/to/remap-dkms_*.deb [path/to/remap]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+deb=$(realpath "${1:?usage: packaging/test-dkms.sh DEB [REMAP_BIN]}")
+bin=$(realpath "${2:-target/release/remap}")
+fail() { echo "test-dkms: FAILED: $*" >&2; exit 1; }
+passed=0
+ok() { passed=$((passed + 1)); echo "test-dkms: ok: $*"; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$deb" "$work/root"
+tree=$(echo "$work"/root/usr/src/dm-remap-*)
+[ -f "$tree/dkms.conf" ] && [ -f "$tree/libremap_kmod.a_shipped" ] || fail "no DKMS tree in $deb"
+if find "$tree" -name '*.rs' -o -name Cargo.toml | grep -q .; then fail "Rust sources in the DKMS tree"; fi
+
+# No Rust toolchain on this PATH.
+norust=/usr/sbin:/usr/bin:/sbin:/bin
+if env PATH=$norust sh -c 'command -v rustc || command -v cargo' >/dev/null; then
+  fail "rustc or cargo is in $norust: this would not prove a build without Rust"
+fi
+
+for flav in 6.1 6.12; do
+  kenv=$(remap-kmod/scripts/kernels.sh "$flav" 2>/dev/null | tail -n1)
+  # shellcheck disable=SC1090
+  . "$kenv"
+  b=$work/build-$flav
+  cp -r "$tree" "$b"
+  # As DKMS runs it (dkms.conf MAKE[0]), with no Rust on PATH.
+  env -i PATH=$norust HOME="$work" make -C "$KHDR" M="$b" CONFIG_DEBUG_INFO_BTF_MODULES= modules >"$b.log" 2>&1 ||
+    { cat "$b.log" >&2; fail "$KREL: make"; }
+  [ -f "$b/dm_remap.ko" ] || fail "$KREL: no dm_remap.ko"
+  if grep -i -E 'warning|error' "$b.log"; then fail "$KREL: warnings in the build"; fi
+  # Where objtool ran on the Rust code (the object itself, or the linked module on kernels
+  # that delay objtool to the link), with which checks.
+  objtool=$(cat "$b/.remap_rust.o.cmd" "$b/.dm_remap.o.cmd" | grep -o 'objtool/objtool [^;]*' || true)
+  [ -n "$objtool" ] || fail "$KREL: objtool did not run on the Rust code"
+  need="--retpoline --rethunk --sls --orc"
+  grep -q CONFIG_X86_KERNEL_IBT=y "$KHDR/.config" && need="$need --ibt"
+  for flag in $need; do
+    grep -q -- "$flag" <<<"$objtool" || fail "$KREL: objtool ran without $flag: $objtool"
+  done
+  ok "$KREL: built without rustc/cargo on PATH, no warning; objtool $need clean"
+done
+
+echo "test-dkms: the guest tests on the modules built from the package tree" >&2
+# guest-test.sh builds host-side checkers (log_replay) with cargo, so it keeps the full
+# PATH; the module itself is built by build.sh from the prebuilt tree, which runs no cargo.
+REMAP_KMOD_PREBUILT="$tree" REMAP_BIN="$bin" remap-kmod/scripts/guest-test.sh all ||
+  fail "guest tests on the DKMS-built module"
+ok "guest tests pass on 6.1 and 6.12 with the module built from the package tree"
+echo "test-dkms: $passed passed, 0 failed"
