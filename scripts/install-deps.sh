@@ -44,6 +44,14 @@ check debootstrap debootstrap
 check lintian lintian
 check man man-db
 [ -f /usr/share/bash-completion/bash_completion ] || need_apt+=(bash-completion)
+# The filesystem-on-top guest test (remap-kmod/scripts/guest/fs.sh) and the generator's
+# tests (systemd-escape, systemd-analyze verify).
+check mke2fs e2fsprogs
+check e2fsck e2fsprogs
+check mkfs.xfs xfsprogs
+check xfs_repair xfsprogs
+check systemd-escape systemd
+check systemd-analyze systemd
 # nbdsh needs the Python module too (nbdsh is a script in libnbd-bin on some releases).
 if ! PATH=/usr/bin:$PATH /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1; then need_apt+=(python3-libnbd); fi
 # shellcheck disable=SC2207
@@ -52,7 +60,7 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio \
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze \
   mkfs.ext4 blkid losetup udevadm debootstrap lintian man; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done

@@ -8,7 +8,9 @@
 # Each server runs REPS times (alternating which goes first); each run measures
 #   - sequential read and write with nbdcopy (MiB/s; nbdcopy's defaults: 4 connections),
 #   - 4 KiB random read and write IOPS with fio's nbd engine at queue depth 1 and 32.
-# The table shows medians and the ratio ours/nbdkit (above 1.00 = ours is faster).
+# The table shows medians and the ratio ours/nbdkit (above 1.00 = ours is faster), then the
+# server CPU per MiB or per I/O for each row and the ratio nbdkit/ours (above 1.00 = ours
+# spends less), which other work on the machine disturbs far less than the rates.
 #
 # Usage: benches/nbd/compare.sh            (about 3 minutes)
 # Environment: REPS (3), RUNTIME seconds per fio run (4), SIZE_MIB (1024), PORT (10900),
@@ -89,24 +91,38 @@ rate() {
   awk -v a="$t0" -v b="$t1" -v m="$SIZE_MIB" 'BEGIN { print m / (b - a) }'
 }
 
+# fio's IOPS and total I/Os: "iops ios"
 fio_iops() { # rw depth
   fio --name=bench --ioengine=nbd --uri="$URI" --rw="$1" --bs=4k --iodepth="$2" \
     --numjobs=1 --size="${SIZE_MIB}m" --time_based --runtime="$RUNTIME" --norandommap \
     --randrepeat=0 --output-format=json 2>/dev/null |
     sed -n '/^{/,$p' | # fio's nbd engine prints a line before the JSON
-    jq -r --arg k "$([ "$1" = randread ] && echo read || echo write)" '.jobs[0][$k].iops | floor'
+    jq -r --arg k "$([ "$1" = randread ] && echo read || echo write)" \
+      '"\(.jobs[0][$k].iops | floor) \(.jobs[0][$k].total_ios)"'
 }
+
+# CPU seconds (user + system) the server has used so far, all threads.
+server_cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$SERVER_PID/stat"; }
 
 ROWS=("seq read MiB/s (nbdcopy)" "seq write MiB/s (nbdcopy)" \
   "4k randread IOPS qd1" "4k randread IOPS qd32" "4k randwrite IOPS qd1" "4k randwrite IOPS qd32")
 
+# Each result line: server row value cpu, where cpu is the server's CPU per unit of work
+# (microseconds per MiB for the nbdcopy rows, per I/O for the fio rows): steadier than the
+# rate when other work shares the CPUs, since time spent waiting for a CPU does not count.
 measure() { # server-name
-  echo "$1 0 $(rate nbdcopy "$URI" null:)" >>"$WORK/results"
-  echo "$1 1 $(rate nbdcopy "$SRC" "$URI")" >>"$WORK/results"
-  echo "$1 2 $(fio_iops randread 1)" >>"$WORK/results"
-  echo "$1 3 $(fio_iops randread 32)" >>"$WORK/results"
-  echo "$1 4 $(fio_iops randwrite 1)" >>"$WORK/results"
-  echo "$1 5 $(fio_iops randwrite 32)" >>"$WORK/results"
+  local c0 c1 r
+  c0=$(server_cpu); r=$(rate nbdcopy "$URI" null:); c1=$(server_cpu)
+  echo "$1 0 $r $(awk -v a="$c0" -v b="$c1" -v m="$SIZE_MIB" 'BEGIN { print (b - a) * 1e6 / m }')" >>"$WORK/results"
+  c0=$(server_cpu); r=$(rate nbdcopy "$SRC" "$URI"); c1=$(server_cpu)
+  echo "$1 1 $r $(awk -v a="$c0" -v b="$c1" -v m="$SIZE_MIB" 'BEGIN { print (b - a) * 1e6 / m }')" >>"$WORK/results"
+  local row=2
+  for point in "randread 1" "randread 32" "randwrite 1" "randwrite 32"; do
+    # shellcheck disable=SC2086
+    c0=$(server_cpu); set -- "$1" $(fio_iops $point); c1=$(server_cpu)
+    echo "$1 $row $2 $(awk -v a="$c0" -v b="$c1" -v n="$3" 'BEGIN { print (b - a) * 1e6 / n }')" >>"$WORK/results"
+    row=$((row + 1))
+  done
 }
 
 : >"$WORK/results"
@@ -121,8 +137,8 @@ for rep in $(seq "$REPS"); do
   done
 done
 
-median() { # server row
-  awk -v s="$1" -v r="$2" '$1 == s && $2 == r { print $3 }' "$WORK/results" | sort -g |
+median() { # server row [column: 3 rate (default), 4 CPU per unit]
+  awk -v s="$1" -v r="$2" -v c="${3:-3}" '$1 == s && $2 == r { print $c }' "$WORK/results" | sort -g |
     awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
@@ -134,3 +150,13 @@ for i in "${!ROWS[@]}"; do
   o=$(median ours "$i")
   printf '%-28s %12.0f %12.0f %12.2f\n' "${ROWS[$i]}" "$k" "$o" "$(awk -v o="$o" -v k="$k" 'BEGIN { print o / k }')"
 done
+echo
+echo "server CPU per unit (us per MiB for nbdcopy, per I/O for fio); medians"
+printf '%-28s %12s %12s %12s\n' "" "nbdkit" "ours" "nbdkit/ours"
+for i in "${!ROWS[@]}"; do
+  k=$(median nbdkit "$i" 4)
+  o=$(median ours "$i" 4)
+  label=${ROWS[$i]/ MiB\/s/}
+  printf '%-28s %12.1f %12.1f %12.2f\n' "${label/ IOPS/}" "$k" "$o" "$(awk -v o="$o" -v k="$k" 'BEGIN { print k / o }')"
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use remap_core::DeviceError;
 use remap_meta::open::MetaError;
 use remap_service::ServeError;
+use remap_service::activation::ActivationError;
 use remap_service::blocks::OutOfRange;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
@@ -67,7 +68,7 @@ pub enum CliError {
     EmptyMain { path: PathBuf },
 
     /// The spare device cannot hold the metadata and one spare block.
-    #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (two superblocks, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
+    #[error("{}: too small for a spare device: it has {}, and needs at least {} for the metadata (three superblock copies, a journal of {journal_blocks} blocks kept twice, two checkpoint areas) and one spare block", path.display(), units::bytes(*.spare_size), units::bytes(*.needed))]
     SpareTooSmall {
         path: PathBuf,
         spare_size: u64,
@@ -117,6 +118,14 @@ pub enum CliError {
     /// Repair refused or failed.
     #[error("{}: cannot repair the metadata: {source}", path.display())]
     Repair {
+        path: PathBuf,
+        #[source]
+        source: Box<MetaError>,
+    },
+
+    /// `upgrade` refused or failed.
+    #[error("{}: cannot upgrade the format: {source}", path.display())]
+    Upgrade {
         path: PathBuf,
         #[source]
         source: Box<MetaError>,
@@ -191,6 +200,29 @@ pub enum CliError {
     #[error("{}: no remap metadata found", path.display())]
     NothingFound { path: PathBuf },
 
+    /// `remap table`, `activate` or `deactivate` failed or refused.
+    #[error("{source}{}", hint_activation(.source))]
+    Activation {
+        #[from]
+        source: ActivationError,
+    },
+
+    /// The boot configuration could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Remaptab {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Lines of the boot configuration were skipped; each was reported before.
+    #[error("{}: {bad} bad line(s) skipped; see the messages above", path.display())]
+    RemaptabLines { path: PathBuf, bad: usize },
+
+    /// The generator could not write its units.
+    #[error(transparent)]
+    Units(#[from] remap_service::boot_units::UnitsError),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -216,6 +248,7 @@ impl CliError {
                     | ServeError::Pair(PairError::SameDevice { .. }),
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
+            CliError::Activation { source } if source.is_usage() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
             CliError::NothingFound { .. } => EXIT_NOT_FOUND,
             _ => EXIT_FAILED,
@@ -267,6 +300,14 @@ fn hint_transfer(e: &TransferError) -> &'static str {
 fn hint_serve(e: &ServeError) -> &'static str {
     match e {
         ServeError::Pair(p) => hint_pair(p),
+        _ => "",
+    }
+}
+
+fn hint_activation(e: &ActivationError) -> &'static str {
+    match e {
+        ActivationError::ModuleNotLoaded => " (load it with `modprobe dm_remap`)",
+        ActivationError::Pair(p) => hint_pair(p),
         _ => "",
     }
 }

@@ -41,6 +41,8 @@ Examples:
   remap serve /dev/sdb /dev/sdc1              export over NBD on 127.0.0.1:10809
   remap serve --demo                          try it: a demo disk with failing blocks
   remap status --control /run/remap.ctl       ask a `remap serve --control` that runs
+  remap activate salvage /dev/sdb /dev/sdc1   the kernel target: /dev/mapper/salvage
+  remap deactivate salvage                    flush, checkpoint and remove it
   remap probe /dev/sdc1                       is this a remap spare? (udev properties)
 
 Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error,
@@ -83,6 +85,11 @@ pub enum Command {
     Health(cmd::health::Args),
     Set(cmd::set::Args),
     Serve(cmd::serve::Args),
+    Upgrade(cmd::upgrade::Args),
+    Table(cmd::table::Args),
+    Activate(cmd::activate::Args),
+    Deactivate(cmd::deactivate::Args),
+    SystemdGenerator(cmd::generator::Args),
     Probe(cmd::probe::Args),
 }
 
@@ -117,6 +124,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Health(args) => cmd::health::run(&args, out),
         Command::Set(args) => cmd::set::run(&args, out),
         Command::Serve(args) => cmd::serve::run(&args, out),
+        Command::Upgrade(args) => cmd::upgrade::run(&args, out),
+        Command::Table(args) => cmd::table::run(&args, out),
+        Command::Activate(args) => cmd::activate::run(&args, out),
+        Command::Deactivate(args) => cmd::deactivate::run(&args, out),
+        Command::SystemdGenerator(args) => cmd::generator::run(&args, out),
         Command::Probe(args) => cmd::probe::run(&args, out),
     }
 }

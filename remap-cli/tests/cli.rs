@@ -641,7 +641,8 @@ fn check_is_clean_on_a_fresh_and_a_used_spare() {
     assert_eq!(v["clean"], true);
     assert_eq!(v["main"]["matches"], true);
     assert!(v["problems"].as_array().unwrap().is_empty());
-    assert!(v["check"]["superblocks"].as_array().unwrap().len() == 2);
+    // Copies A, B and the tail copy (format version 2).
+    assert!(v["check"]["superblocks"].as_array().unwrap().len() == 3);
     assert!(v["repair"].is_null());
 }
 
@@ -692,8 +693,10 @@ fn check_repair_rewrites_a_corrupt_superblock_copy() {
 fn repair_never_invents_a_table() {
     let p = Pair::created();
     assert_eq!(code(&p.run(&["map"], &["4"])), 0);
+    // Every superblock copy: both head copies and the tail copy.
     p.corrupt_spare(100, 8);
     p.corrupt_spare(BS + 100, 8);
+    p.corrupt_spare(SPARE_SIZE - BS + 100, 8);
     let o = p.run_unchanged(&["check"], &[]);
     assert_eq!(code(&o), 1);
     assert!(stdout(&o).contains("BAD"), "{}", stdout(&o));

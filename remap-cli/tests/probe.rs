@@ -1,7 +1,8 @@
-//! `remap probe DEVICE`: the udev properties of a formatted spare, nothing for a plain file
-//! or a filesystem, `damaged` for a spare whose copies carry the magic but do not decode,
-//! an error for a device that cannot be read; never a write, and no lock in the way of a
-//! spare that is in use.
+//! `remap probe DEVICE`: the udev properties of a formatted spare (found by the rule an open
+//! uses: a spare whose head copies were overwritten is named by its tail copy), nothing for
+//! a plain file or a filesystem, `damaged` for a spare whose copies carry the magic but do
+//! not decode, an error for a device that cannot be read; never a write, and no lock in the
+//! way of a spare that is in use.
 
 mod common;
 
@@ -44,10 +45,11 @@ fn a_formatted_spare_prints_its_udev_properties_and_is_not_written() {
         [
             "ID_FS_TYPE=remap_spare".to_string(),
             "ID_FS_USAGE=other".to_string(),
-            "ID_FS_VERSION=1".to_string(),
+            "ID_FS_VERSION=2".to_string(),
             format!("ID_FS_UUID={uuid}"),
             format!("ID_FS_UUID_ENC={uuid}"),
             "REMAP_STATE=valid".to_string(),
+            "REMAP_VALID_COPIES=A,B,tail".to_string(),
             "REMAP_BLOCK_SIZE=4096".to_string(),
             format!("REMAP_MAIN_SIZE={MAIN_SIZE}"),
             // A file has no identity; the size is what the spare records of it.
@@ -63,8 +65,9 @@ fn a_formatted_spare_prints_its_udev_properties_and_is_not_written() {
     assert_eq!(v["found"], true);
     assert_eq!(v["state"], "valid");
     assert_eq!(v["uuid"], uuid.as_str());
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
     assert_eq!(v["block_size"], 4096);
+    assert_eq!(v["valid_copies"], serde_json::json!(["A", "B", "tail"]));
     assert_eq!(v["main"]["size_bytes"], MAIN_SIZE);
     assert_eq!(v["main"]["identity"]["kind"], "none");
 }
@@ -136,16 +139,44 @@ fn corrupt(path: &Path, offset: u64) {
     file.write_all_at(&[b[0] ^ 0xff], offset).expect("write");
 }
 
+/// Zero `len` bytes of `path` at `offset`.
+fn zero(path: &Path, offset: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.write_all_at(&vec![0u8; len], offset).expect("write");
+}
+
 #[test]
-fn one_bad_copy_still_names_the_spare_and_two_say_damaged() {
+fn bad_copies_leave_the_spare_named_until_none_is_left_and_then_say_damaged() {
     let (f, uuid) = formatted();
-    // Copy A's uuid byte: A no longer matches its CRC; B is intact.
+    let tail = SPARE_SIZE - 4096;
+    // Copy A's uuid byte: A no longer matches its CRC; B and the tail are intact.
     corrupt(&f.spare, 24);
     let o = remap(&["probe", s(&f.spare)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(lines(&o.stdout).contains(&format!("ID_FS_UUID={uuid}")));
+    let out = lines(&o.stdout);
+    assert!(out.contains(&format!("ID_FS_UUID={uuid}")), "{out:?}");
+    assert!(
+        out.contains(&"REMAP_VALID_COPIES=B,tail".to_string()),
+        "{out:?}"
+    );
 
+    // B too: the tail copy alone still names it, as it still opens.
     corrupt(&f.spare, 4096 + 24);
+    let o = remap(&["probe", s(&f.spare)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = lines(&o.stdout);
+    assert!(out.contains(&format!("ID_FS_UUID={uuid}")), "{out:?}");
+    assert!(
+        out.contains(&"REMAP_VALID_COPIES=tail".to_string()),
+        "{out:?}"
+    );
+
+    // And the tail: every copy carries the magic, none decodes.
+    corrupt(&f.spare, tail + 24);
     let before = sha(&f.spare);
     let o = remap(&["probe", s(&f.spare)]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -162,14 +193,71 @@ fn one_bad_copy_still_names_the_spare_and_two_say_damaged() {
     let v = remap_json(&["probe", s(&f.spare), "--json"]);
     assert_eq!(v["state"], "damaged");
     let problems = v["problems"].as_array().expect("problems");
-    assert_eq!(problems.len(), 2, "{v}");
+    assert_eq!(problems.len(), 3, "{v}");
     assert!(
         problems
             .iter()
             .all(|p| p.as_str().unwrap_or("").contains("checksum mismatch")),
         "{v}"
     );
+    assert!(problems[2].as_str().unwrap_or("").contains("tail"), "{v}");
     assert_eq!(sha(&f.spare), before, "probe wrote to a damaged spare");
+}
+
+#[test]
+fn a_spare_whose_head_copies_were_overwritten_is_named_by_its_tail_copy_as_open_finds_it() {
+    let (f, uuid) = formatted();
+    // What an installer or `mkfs` would destroy first: the first 8 KiB, both head copies.
+    zero(&f.spare, 0, 8192);
+    let before = sha(&f.spare);
+    let o = remap(&["probe", s(&f.spare)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = lines(&o.stdout);
+    for want in [
+        "ID_FS_TYPE=remap_spare".to_string(),
+        "ID_FS_VERSION=2".to_string(),
+        format!("ID_FS_UUID={uuid}"),
+        "REMAP_STATE=valid".to_string(),
+        "REMAP_VALID_COPIES=tail".to_string(),
+        format!("REMAP_MAIN_SIZE={MAIN_SIZE}"),
+    ] {
+        assert!(out.contains(&want), "no {want} in {out:?}");
+    }
+    assert_eq!(sha(&f.spare), before, "probe wrote to the spare");
+    // The same rule as an open: the pair still opens, with the same uuid.
+    let status = remap_json(&["status", s(&f.main), s(&f.spare), "--json"]);
+    assert_eq!(status["uuid"], uuid.as_str());
+}
+
+#[test]
+fn a_spare_at_the_end_of_a_larger_device_is_not_that_devices_metadata() {
+    // A disk whose last partition is a spare shares the spare's last 4 KiB (the tail
+    // copy), but the tail's recorded spare size does not end where the disk does: the disk
+    // is not named (and would not open as this spare).
+    let (f, _) = formatted();
+    let spare = std::fs::read(&f.spare).expect("read");
+    let disk = f.path("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes.extend_from_slice(&spare);
+    std::fs::write(&disk, &bytes).expect("write");
+    let o = remap(&["probe", s(&disk)]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+}
+
+#[test]
+fn a_version_1_spare_is_named_by_its_two_head_copies() {
+    let f = Files::new(MAIN_SIZE, SPARE_SIZE);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../remap-meta/golden/v1-spare.bin");
+    std::fs::copy(&golden, &f.spare).expect("copy the golden image");
+    let o = remap(&["probe", s(&f.spare)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = lines(&o.stdout);
+    assert!(out.contains(&"ID_FS_VERSION=1".to_string()), "{out:?}");
+    assert!(
+        out.contains(&"REMAP_VALID_COPIES=A,B".to_string()),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -1,55 +1,48 @@
 //! [`RemapDevice`]: the remapping block device, itself a [`BlockBackend`].
 //!
-//! # Semantics (DESIGN.md, "I/O semantics")
+//! # Semantics
 //!
-//! - A read error on main never becomes data: the request is retried block by block (a
-//!   bounded number of times), blocks that still fail are marked pending and persisted, and
-//!   the read returns an error.
-//! - A write error on main moves each failing block to a spare block; the data is written
-//!   there and flushed, the mapping is committed to the store, and only then does the write
-//!   return success.
-//! - A write covering a pending block moves it; a partial write merges with the rest of the
-//!   block read from where the block's latest data lives, and fails if that cannot be read.
-//! - A spare block that fails is retired; the block moves to a fresh spare on the next write.
-//! - Spare exhaustion fails the write with `ENOSPC`; nothing already mapped changes.
+//! Every decision about a failure is [`crate::policy`]'s, the same code the kernel target
+//! runs (`docs/design.md`, "I/O semantics"): reads and writes are tried run by run
+//! ([`crate::policy::runs`]), and a request that meets a media error or a pending block
+//! goes to [`Policy`], which isolates block by block, marks pending, moves blocks to spares
+//! and commits. This file supplies the seams (the two backends, with an explicit spare
+//! flush for "data durable before record"; the [`MetaStore`]; the clock) and the
+//! concurrency around them.
 //!
 //! # Concurrency
 //!
-//! The table and pool sit behind one `RwLock`. Requests hold it shared for their whole I/O,
-//! so a change to the table (taken exclusively) never interleaves with a request touching
-//! the same blocks. While the table is empty, requests skip the lock: they note a generation
-//! counter before their I/O and check it after; every table change bumps it, and a request
-//! that raced with one simply runs again under the lock (reads and writes are idempotent).
-//! A failed metadata commit stops all writes (`DeviceError::MetadataFailed`) until the
+//! The table and pool sit behind one `RwLock`. Requests into regions that hold no entry
+//! skip the lock: they note a generation counter before their I/O and check it after; every
+//! table change bumps it, and a request that raced with one simply runs again under the
+//! lock (reads and writes are idempotent). Other requests hold the lock shared for their
+//! runs. The slow path holds it exclusively, so it is serialized and sees the table as it
+//! is. A failed metadata commit stops all writes (`DeviceError::MetadataFailed`) until the
 //! device is reopened, because the in-memory table could otherwise run ahead of the disk.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use crate::backend::{BlockBackend, IoError, IoOp, check_range, errno};
+use crate::backend::{BlockBackend, IoError, IoOp, check_range};
 use crate::clock::Clock;
 use crate::geometry::BlockSize;
-use crate::health::{HealthInputs, HealthReport, HealthThresholds, evaluate};
+use crate::health::{HealthReport, HealthThresholds};
 use crate::hot::{Hot, HotCounters, Local};
-use crate::record::{self, ApplyError, Record, RemapCause};
+use crate::policy::runs::{self, Runs};
+use crate::policy::{
+    BlockIo, Dev, Geometry, Journal, Policy, PolicyError, Request, Tunables, refused, update_gauges,
+};
+use crate::record::Record;
 use crate::regions::RegionMap;
-use crate::spare::{SpareAllocator, SpareError};
+use crate::spare::SpareAllocator;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{EngineView, MetaStore, Settings, StoreError};
-use crate::table::{Entry, RemapTable, Segment, TableError};
+use crate::table::{Entry, RemapTable, Segment};
 
-/// The most read retries a configuration may ask for.
-pub const MAX_READ_RETRIES: u32 = 16;
-/// The most spare blocks tried for one block before giving up on the write.
-pub const MAX_SPARE_ATTEMPTS: u32 = 8;
-/// Free spare blocks kept clear around the start of a new run of remapped blocks, so
-/// neighbouring runs that grow at the same time do not interleave.
-const RUN_GAP: u64 = 64;
-/// Write-zeroes that must go through the write path are done in pieces of this size.
-const ZERO_PIECE: u64 = 1 << 20;
+pub use crate::policy::{MAX_READ_RETRIES, MAX_SPARE_ATTEMPTS};
+
 /// One request in this many (per thread) is timed for the latency histogram. Reading the
 /// clock twice costs more than the rest of the fast path together (a 4 KiB read from memory
 /// took twice as long with it); a uniform sample keeps the histogram's shape and mean.
@@ -91,78 +84,13 @@ pub struct InitialState {
     pub lifetime: StatsSnapshot,
 }
 
-/// Why a request or an operation on the device failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DeviceError {
-    #[error("block {lba}: read failed on the main device; the block is now pending: {source}")]
-    ReadFailed {
-        lba: u64,
-        #[source]
-        source: IoError,
-    },
-    #[error(
-        "block {lba} is pending: its data could not be read; a write covering the whole block restores it"
-    )]
-    Pending { lba: u64 },
-    #[error(
-        "block {lba}: spare block {spare} failed a read and was retired; the block is pending: {source}"
-    )]
-    SpareReadFailed {
-        lba: u64,
-        spare: u64,
-        #[source]
-        source: IoError,
-    },
-    #[error("block {lba}: write failed and the spare pool is exhausted ({pool} blocks)")]
-    SpareExhausted { lba: u64, pool: u64 },
-    #[error("block {lba}: the remap table is full ({capacity} entries)")]
-    TableFull { lba: u64, capacity: usize },
-    #[error(
-        "block {lba}: partial write to a block that must move, and the rest of the block cannot be read"
-    )]
-    PartialWriteUnreadable { lba: u64 },
-    #[error("block {lba}: no spare block accepted the write after {attempts} attempts")]
-    SpareWritesFailed { lba: u64, attempts: u32 },
-    #[error("metadata commit failed; the device refuses writes until it is reopened: {source}")]
-    MetadataFailed {
-        #[source]
-        source: StoreError,
-    },
-    #[error("the device refuses writes after an earlier metadata failure; reopen it")]
-    Poisoned,
-    #[error("spare device flush failed: {source}")]
-    SpareFlush {
-        #[source]
-        source: IoError,
-    },
-    #[error("block {lba} is not remapped")]
-    NotRemapped { lba: u64 },
-    #[error("block {lba} is already remapped to spare block {spare}")]
-    AlreadyRemapped { lba: u64, spare: u64 },
-    #[error("block {lba} cannot be read (pass zero_unreadable to map it with zeroes): {reason}")]
-    Unreadable { lba: u64, reason: String },
-    #[error("block {lba}: the main device still fails there: {reason}")]
-    MainStillFailing { lba: u64, reason: String },
-    #[error("block {lba} is beyond the device ({blocks} blocks)")]
-    BlockOutOfRange { lba: u64, blocks: u64 },
-    #[error("bad configuration: {0}")]
-    Config(String),
-    #[error("state does not match the layout: {0}")]
-    Inconsistent(#[from] ApplyError),
-    #[error(transparent)]
-    Io(#[from] IoError),
-}
+/// Why a request or an operation on the device failed: the policy's error over this
+/// device's seams (see [`PolicyError`], whose `errno()` is the one mapping to the wire).
+pub type DeviceError = PolicyError<IoError, StoreError>;
 
-impl DeviceError {
-    /// The one mapping from an engine error to an `errno` for frontends.
-    pub fn errno(&self) -> i32 {
-        match self {
-            DeviceError::SpareExhausted { .. } | DeviceError::TableFull { .. } => errno::ENOSPC,
-            DeviceError::BlockOutOfRange { .. } | DeviceError::Config(_) => errno::EINVAL,
-            DeviceError::Io(e) => e.errno(),
-            _ => errno::EIO,
-        }
+impl From<IoError> for DeviceError {
+    fn from(e: IoError) -> Self {
+        PolicyError::Io(e)
     }
 }
 
@@ -183,18 +111,138 @@ struct Engine {
     spares: SpareAllocator,
 }
 
-/// A failure seen during a read, settled under the write lock afterwards.
-enum ReadFailure {
-    Main(IoError),
-    Spare(u64, IoError),
-    Pending,
-}
-
 /// How a request was served, for the normal/remapped counters.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Normal,
     Remapped,
+}
+
+impl Route {
+    #[inline]
+    fn of(remapped: bool) -> Route {
+        if remapped {
+            Route::Remapped
+        } else {
+            Route::Normal
+        }
+    }
+}
+
+#[inline]
+fn write_backend<B: BlockBackend + ?Sized>(
+    backend: &B,
+    at: u64,
+    buf: &[u8],
+    fua: bool,
+) -> Result<(), IoError> {
+    if fua {
+        backend.write_at_fua(at, buf)
+    } else {
+        backend.write_at(at, buf)
+    }
+}
+
+/// The policy's I/O seam over a device's two backends. "Data durable before record" is an
+/// explicit flush of the spare.
+struct Pair<'a, M, S> {
+    main: &'a M,
+    spare: &'a S,
+}
+
+impl<M: BlockBackend, S: BlockBackend> Pair<'_, M, S> {
+    fn backend(&self, dev: Dev) -> &dyn BlockBackend {
+        match dev {
+            Dev::Main => self.main,
+            Dev::Spare => self.spare,
+        }
+    }
+}
+
+impl<M: BlockBackend, S: BlockBackend> BlockIo for Pair<'_, M, S> {
+    type Error = IoError;
+
+    #[inline]
+    fn read(&mut self, dev: Dev, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        match dev {
+            Dev::Main => self.main.read_at(offset, buf),
+            Dev::Spare => self.spare.read_at(offset, buf),
+        }
+    }
+
+    #[inline]
+    fn write(&mut self, dev: Dev, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoError> {
+        match dev {
+            Dev::Main => write_backend(self.main, offset, buf, fua),
+            Dev::Spare => write_backend(self.spare, offset, buf, fua),
+        }
+    }
+
+    fn flush(&mut self, dev: Dev) -> Result<(), IoError> {
+        self.backend(dev).flush()
+    }
+
+    fn order_spare_data(&mut self) -> Result<(), IoError> {
+        self.spare.flush()
+    }
+
+    fn discard(&mut self, dev: Dev, offset: u64, len: u64) -> Result<(), IoError> {
+        let b = self.backend(dev);
+        if b.supports_trim() {
+            b.trim(offset, len)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn write_zeroes(&mut self, dev: Dev, offset: u64, len: u64) -> Result<(), IoError> {
+        self.backend(dev).write_zeroes(offset, len)
+    }
+}
+
+/// The policy's journal seam over the device's [`MetaStore`].
+struct StoreJournal<'a, M, S> {
+    device: &'a RemapDevice<M, S>,
+}
+
+impl<M: BlockBackend, S: BlockBackend> StoreJournal<'_, M, S> {
+    fn view<R>(
+        &self,
+        table: &RemapTable,
+        spares: &SpareAllocator,
+        f: impl FnOnce(&mut dyn MetaStore, &EngineView<'_>) -> R,
+    ) -> R {
+        let stats = self.device.stats();
+        let view = EngineView {
+            table,
+            spares,
+            stats: &stats,
+        };
+        f(&mut **self.device.store.lock(), &view)
+    }
+}
+
+impl<M: BlockBackend, S: BlockBackend> Journal<Pair<'_, M, S>> for StoreJournal<'_, M, S> {
+    type Error = StoreError;
+
+    fn commit_records(
+        &mut self,
+        _io: &mut Pair<'_, M, S>,
+        records: &[Record],
+        table: &RemapTable,
+        spares: &SpareAllocator,
+    ) -> Result<(), StoreError> {
+        self.view(table, spares, |store, view| store.commit(records, view))
+    }
+
+    fn write_checkpoint(
+        &mut self,
+        _io: &mut Pair<'_, M, S>,
+        table: &RemapTable,
+        spares: &SpareAllocator,
+    ) -> Result<(), StoreError> {
+        self.view(table, spares, |store, view| store.checkpoint(view))
+    }
 }
 
 /// The remapping device over a main device `M` and a spare device `S`.
@@ -205,6 +253,7 @@ pub struct RemapDevice<M, S> {
     size_bytes: u64,
     blocks: u64,
     spare_offset: u64,
+    geometry: Geometry,
     engine: RwLock<Engine>,
     store: Mutex<Box<dyn MetaStore>>,
     /// Bumped before and after every table change (odd while one is under way).
@@ -308,6 +357,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             size_bytes,
             blocks,
             spare_offset: layout.spare_offset,
+            geometry: Geometry::new(layout.block_size, size_bytes, layout.spare_offset),
             entries: AtomicU64::new(state.table.len() as u64),
             engine: RwLock::new(Engine {
                 table: state.table,
@@ -360,48 +410,58 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         self.poisoned.load(Ordering::SeqCst)
     }
 
-    // ----- geometry helpers -----
-
-    /// Byte range of block `lba` on main (the last block may be short).
-    fn block_span(&self, lba: u64) -> (u64, u64) {
-        let start = lba << self.block_size.shift();
-        (
-            start,
-            self.block_size.bytes_u64().min(self.size_bytes - start),
-        )
+    /// The policy's I/O seam over the two backends.
+    #[inline]
+    fn io(&self) -> Pair<'_, M, S> {
+        Pair {
+            main: &self.main,
+            spare: &self.spare,
+        }
     }
 
-    fn spare_byte(&self, spare: u64) -> u64 {
-        self.spare_offset + (spare << self.block_size.shift())
+    fn tunables(&self) -> Tunables {
+        Tunables {
+            read_retries: self.read_retries.load(Ordering::Relaxed),
+            contiguous_spares: self.contiguous_spares.load(Ordering::Relaxed),
+        }
     }
 
-    /// Blocks touched by `[offset, offset + len)`, `len > 0`.
-    fn blocks_of(&self, offset: u64, len: u64) -> (u64, u64) {
-        let first = self.block_size.block_of(offset);
-        let last = self.block_size.block_of(offset + len - 1);
-        (first, last - first + 1)
-    }
-
-    /// The part of block `lba` inside the request at `offset` of `len` bytes: its byte offset
-    /// on main, its range in the request buffer, and its offset inside the block.
-    fn part(&self, lba: u64, offset: u64, len: u64) -> (u64, Range<usize>, usize) {
-        let (start, blen) = self.block_span(lba);
-        let lo = start.max(offset);
-        let hi = (start + blen).min(offset + len);
-        (
-            lo,
-            (lo - offset) as usize..(hi - offset) as usize,
-            (lo - start) as usize,
-        )
-    }
-
-    /// Device ranges of a segment clipped to the request: (main byte offset, buffer range).
-    fn clip(&self, lba: u64, blocks: u64, offset: u64, len: u64) -> (u64, Range<usize>) {
-        let seg_start = lba << self.block_size.shift();
-        let seg_end = ((lba + blocks) << self.block_size.shift()).min(self.size_bytes);
-        let lo = seg_start.max(offset);
-        let hi = seg_end.min(offset + len);
-        (lo, (lo - offset) as usize..(hi - offset) as usize)
+    /// Run `f` on the serialized slow path: the table held exclusively (the generation odd,
+    /// so lock-free requests that raced with it run again under the lock), the policy over
+    /// this device's seams, and the region map kept current with every changed entry.
+    fn slow<R>(
+        &self,
+        f: impl FnOnce(
+            &mut Policy<'_, Pair<'_, M, S>, StoreJournal<'_, M, S>>,
+        ) -> Result<R, DeviceError>,
+    ) -> Result<R, DeviceError> {
+        let mut change = self.change();
+        let engine = &mut *change.engine;
+        let mut io = self.io();
+        let mut journal = StoreJournal { device: self };
+        let regions = &self.regions;
+        let on_change = |table: &RemapTable, lba: u64| regions.update(table, lba);
+        let mut policy = Policy {
+            table: &mut engine.table,
+            spares: &mut engine.spares,
+            geometry: &self.geometry,
+            io: &mut io,
+            journal: &mut journal,
+            stats: &self.stats,
+            poisoned: &self.poisoned,
+            tunables: self.tunables(),
+            now_s: self.clock.now_s() as u32,
+            on_change: &on_change,
+        };
+        let r = f(&mut policy);
+        if let Err(e) = &r {
+            if self.is_poisoned() {
+                tracing::error!(error = %e, "refusing writes until the device is reopened");
+            } else {
+                tracing::debug!(error = %e, "slow path failed");
+            }
+        }
+        r
     }
 
     // ----- fast-path bracket -----
@@ -493,17 +553,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     }
 
     fn update_gauges(&self, e: &Engine) {
-        let s = &self.stats;
-        s.pending_blocks
-            .store(e.table.pending_count() as u64, Ordering::Relaxed);
-        s.remapped_blocks
-            .store(e.table.remapped_count() as u64, Ordering::Relaxed);
-        s.spares_total
-            .store(e.spares.pool_blocks(), Ordering::Relaxed);
-        s.spares_used
-            .store(e.spares.used_count(), Ordering::Relaxed);
-        s.spares_retired
-            .store(e.spares.retired_count(), Ordering::Relaxed);
+        update_gauges(&self.stats, &e.table, &e.spares);
     }
 
     // ----- reads -----
@@ -529,239 +579,23 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
                 // Raced with a table change: read again under the lock.
                 Ok(()) => {}
                 Err(e) if !e.is_media() => return Err(e.into()),
-                Err(_) => return self.read_isolating(offset, buf).map(|()| Route::Remapped),
+                Err(_) => {
+                    return self
+                        .slow(|p| p.read_isolating(offset, buf))
+                        .map(|()| Route::Remapped);
+                }
             }
         }
-        let len = buf.len() as u64;
-        let (first, count) = self.blocks_of(offset, len);
         {
             let engine = self.engine.read();
-            if !engine.table.any_in(first, count) {
-                match self.main.read_at(offset, buf) {
-                    Ok(()) => return Ok(Route::Normal),
-                    Err(e) if !e.is_media() => return Err(e.into()),
-                    Err(_) => {}
-                }
-            } else {
-                let mut clean = true;
-                for seg in engine.table.segments(first, count) {
-                    let r = match seg {
-                        Segment::Main { lba, blocks } => {
-                            let (at, range) = self.clip(lba, blocks, offset, len);
-                            self.main.read_at(at, &mut buf[range])
-                        }
-                        Segment::Spare { lba, spare, blocks } => {
-                            let (at, range) = self.clip(lba, blocks, offset, len);
-                            let inner = at - (lba << self.block_size.shift());
-                            self.spare
-                                .read_at(self.spare_byte(spare) + inner, &mut buf[range])
-                        }
-                        Segment::Pending { .. } => {
-                            clean = false;
-                            break;
-                        }
-                    };
-                    match r {
-                        Ok(()) => {}
-                        Err(e) if !e.is_media() => return Err(e.into()),
-                        Err(_) => {
-                            clean = false;
-                            break;
-                        }
-                    }
-                }
-                if clean {
-                    return Ok(Route::Remapped);
-                }
+            if let Runs::Done { remapped } =
+                runs::read(&engine.table, &self.geometry, &mut self.io(), offset, buf)?
+            {
+                return Ok(Route::of(remapped));
             }
         }
-        self.read_isolating(offset, buf).map(|()| Route::Remapped)
-    }
-
-    /// Read `buf` from `backend` at `at`, retrying media errors. Counts every failed attempt
-    /// in `errors`; returns the last error if all attempts fail.
-    fn read_retrying(
-        &self,
-        backend: &dyn BlockBackend,
-        at: u64,
-        buf: &mut [u8],
-        errors: &AtomicU64,
-    ) -> Result<(), IoError> {
-        let mut failed = false;
-        let mut attempt = 0;
-        loop {
-            match backend.read_at(at, buf) {
-                Ok(()) => {
-                    if failed {
-                        Stats::bump(&self.stats.transient_recoveries);
-                    }
-                    return Ok(());
-                }
-                Err(e) if !e.is_media() => return Err(e),
-                Err(e) => {
-                    Stats::bump(errors);
-                    failed = true;
-                    if attempt >= self.read_retries.load(Ordering::Relaxed) {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    /// The careful read: block by block with retries; blocks that still fail are marked
-    /// pending (or their spare retired) and the read fails.
-    fn read_isolating(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let len = buf.len() as u64;
-        let (first, count) = self.blocks_of(offset, len);
-        let mut failures: Vec<(u64, ReadFailure)> = Vec::new();
-        for lba in first..first + count {
-            let (at, range, inner) = self.part(lba, offset, len);
-            let engine = self.engine.read();
-            match engine.table.get(lba) {
-                None => {
-                    match self.read_retrying(
-                        &self.main,
-                        at,
-                        &mut buf[range],
-                        &self.stats.main_read_errors,
-                    ) {
-                        Ok(()) => {}
-                        Err(e) if !e.is_media() => return Err(e.into()),
-                        Err(e) => failures.push((lba, ReadFailure::Main(e))),
-                    }
-                }
-                Some(Entry {
-                    spare: Some(spare), ..
-                }) => {
-                    let at = self.spare_byte(spare) + inner as u64;
-                    match self.read_retrying(
-                        &self.spare,
-                        at,
-                        &mut buf[range],
-                        &self.stats.spare_read_errors,
-                    ) {
-                        Ok(()) => {}
-                        Err(e) if !e.is_media() => return Err(e.into()),
-                        Err(e) => failures.push((lba, ReadFailure::Spare(spare, e))),
-                    }
-                }
-                Some(_) => failures.push((lba, ReadFailure::Pending)),
-            }
-        }
-        if failures.is_empty() {
-            return Ok(());
-        }
-        // Never hand out what was read: the caller gets an error and no data.
-        buf.fill(0);
-        self.settle_read_failures(failures)
-    }
-
-    /// Persist what the failed reads taught us, then report the first failure.
-    fn settle_read_failures(&self, failures: Vec<(u64, ReadFailure)>) -> Result<(), DeviceError> {
-        let now = self.clock.now_s() as u32;
-        let mut records = Vec::new();
-        {
-            let mut change = self.change();
-            let engine = &mut *change.engine;
-            for (lba, f) in &failures {
-                let current = engine.table.get(*lba);
-                let rec = match f {
-                    // Still on main (nobody moved it meanwhile): pending.
-                    ReadFailure::Main(_) if current.is_none() => Record::Pending {
-                        lba: *lba,
-                        time_s: now,
-                    },
-                    ReadFailure::Spare(spare, _)
-                        if current.and_then(|e| e.spare) == Some(*spare) =>
-                    {
-                        Record::SpareRetired {
-                            spare: *spare,
-                            lba: Some(*lba),
-                            time_s: now,
-                        }
-                    }
-                    _ => continue,
-                };
-                self.apply(engine, &rec)?;
-                records.push(rec);
-            }
-            if !records.is_empty() {
-                for rec in &records {
-                    match rec {
-                        Record::Pending { lba, .. } => {
-                            Stats::bump(&self.stats.pending_marked);
-                            tracing::warn!(lba, "read failed on main; block marked pending");
-                        }
-                        Record::SpareRetired { spare, lba, .. } => {
-                            Stats::bump(&self.stats.spares_retired_events);
-                            Stats::bump(&self.stats.pending_marked);
-                            tracing::warn!(
-                                spare,
-                                lba,
-                                "spare block failed a read; retired, block pending"
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                self.commit(engine, &records)?;
-            }
-        }
-        let Some((lba, f)) = failures.into_iter().next() else {
-            return Ok(());
-        };
-        Err(match f {
-            ReadFailure::Main(source) => DeviceError::ReadFailed { lba, source },
-            ReadFailure::Spare(spare, source) => {
-                DeviceError::SpareReadFailed { lba, spare, source }
-            }
-            ReadFailure::Pending => DeviceError::Pending { lba },
-        })
-    }
-
-    /// Apply one record to the in-memory state. A full table is an ordinary refusal (nothing
-    /// changed); any other refusal means the state contradicts itself, so writes stop.
-    fn apply(&self, engine: &mut Engine, rec: &Record) -> Result<(), DeviceError> {
-        match record::apply(&mut engine.table, &mut engine.spares, self.blocks, rec) {
-            Ok(()) => {
-                if let Some(lba) = rec.lba() {
-                    self.regions.update(&engine.table, lba);
-                }
-                Ok(())
-            }
-            Err(ApplyError::Table(TableError::Full { lba, capacity })) => {
-                Err(DeviceError::TableFull { lba, capacity })
-            }
-            Err(e) => {
-                self.poisoned.store(true, Ordering::SeqCst);
-                tracing::error!(error = %e, ?rec, "engine state contradicts itself; refusing writes");
-                Err(DeviceError::Inconsistent(e))
-            }
-        }
-    }
-
-    /// Make `records` durable; on failure stop all writes.
-    fn commit(&self, engine: &Engine, records: &[Record]) -> Result<(), DeviceError> {
-        self.update_gauges(engine);
-        let stats = self.stats();
-        let view = EngineView {
-            table: &engine.table,
-            spares: &engine.spares,
-            stats: &stats,
-        };
-        match self.store.lock().commit(records, &view) {
-            Ok(()) => {
-                Stats::bump(&self.stats.commits);
-                Ok(())
-            }
-            Err(source) => {
-                self.poisoned.store(true, Ordering::SeqCst);
-                tracing::error!(error = %source, "metadata commit failed; refusing writes until reopened");
-                Err(DeviceError::MetadataFailed { source })
-            }
-        }
+        self.slow(|p| p.read_isolating(offset, buf))
+            .map(|()| Route::Remapped)
     }
 
     // ----- writes -----
@@ -779,7 +613,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     fn write_op(&self, op: IoOp, offset: u64, buf: &[u8], fua: bool) -> Result<(), DeviceError> {
         let len = buf.len() as u64;
         check_range(op, offset, len, self.size_bytes)?;
-        if self.is_poisoned() {
+        if refused(Request::Write, self.is_poisoned()) {
             return Err(DeviceError::Poisoned);
         }
         if len == 0 {
@@ -792,299 +626,35 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         r.map(|_| ())
     }
 
-    #[inline]
-    fn write_backend<B: BlockBackend + ?Sized>(
-        backend: &B,
-        at: u64,
-        buf: &[u8],
-        fua: bool,
-    ) -> Result<(), IoError> {
-        if fua {
-            backend.write_at_fua(at, buf)
-        } else {
-            backend.write_at(at, buf)
-        }
-    }
-
     fn write_routed(&self, offset: u64, buf: &[u8], fua: bool) -> Result<Route, DeviceError> {
         if let Some(g) = self.fast_begin(offset, buf.len() as u64) {
-            match Self::write_backend(&self.main, offset, buf, fua) {
+            match write_backend(&self.main, offset, buf, fua) {
                 Ok(()) if self.fast_end(g) => return Ok(Route::Normal),
                 // Raced with a table change: write again under the lock, where it belongs.
                 Ok(()) => {}
                 Err(e) if !e.is_media() => return Err(e.into()),
                 Err(_) => {
                     return self
-                        .write_isolating(offset, buf, fua)
+                        .slow(|p| p.write_isolating(offset, buf, fua))
                         .map(|()| Route::Remapped);
                 }
             }
         }
-        let len = buf.len() as u64;
-        let (first, count) = self.blocks_of(offset, len);
         {
             let engine = self.engine.read();
-            if !engine.table.any_in(first, count) {
-                match Self::write_backend(&self.main, offset, buf, fua) {
-                    Ok(()) => return Ok(Route::Normal),
-                    Err(e) if !e.is_media() => return Err(e.into()),
-                    Err(_) => {}
-                }
-            } else {
-                let mut clean = true;
-                for seg in engine.table.segments(first, count) {
-                    let r = match seg {
-                        Segment::Main { lba, blocks } => {
-                            let (at, range) = self.clip(lba, blocks, offset, len);
-                            Self::write_backend(&self.main, at, &buf[range], fua)
-                        }
-                        Segment::Spare { lba, spare, blocks } => {
-                            let (at, range) = self.clip(lba, blocks, offset, len);
-                            let inner = at - (lba << self.block_size.shift());
-                            Self::write_backend(
-                                &self.spare,
-                                self.spare_byte(spare) + inner,
-                                &buf[range],
-                                fua,
-                            )
-                        }
-                        Segment::Pending { .. } => {
-                            clean = false;
-                            break;
-                        }
-                    };
-                    match r {
-                        Ok(()) => {}
-                        Err(e) if !e.is_media() => return Err(e.into()),
-                        Err(_) => {
-                            clean = false;
-                            break;
-                        }
-                    }
-                }
-                if clean {
-                    return Ok(Route::Remapped);
-                }
+            if let Runs::Done { remapped } = runs::write(
+                &engine.table,
+                &self.geometry,
+                &mut self.io(),
+                offset,
+                buf,
+                fua,
+            )? {
+                return Ok(Route::of(remapped));
             }
         }
-        self.write_isolating(offset, buf, fua)
+        self.slow(|p| p.write_isolating(offset, buf, fua))
             .map(|()| Route::Remapped)
-    }
-
-    /// The careful write: block by block; blocks that fail (or are pending) move to spares.
-    fn write_isolating(&self, offset: u64, buf: &[u8], fua: bool) -> Result<(), DeviceError> {
-        let len = buf.len() as u64;
-        let (first, count) = self.blocks_of(offset, len);
-        let mut to_move = Vec::new();
-        for lba in first..first + count {
-            let (at, range, inner) = self.part(lba, offset, len);
-            let engine = self.engine.read();
-            let (r, errors) = match engine.table.get(lba) {
-                None => (
-                    Self::write_backend(&self.main, at, &buf[range], fua),
-                    &self.stats.main_write_errors,
-                ),
-                Some(Entry {
-                    spare: Some(spare), ..
-                }) => (
-                    Self::write_backend(
-                        &self.spare,
-                        self.spare_byte(spare) + inner as u64,
-                        &buf[range],
-                        fua,
-                    ),
-                    &self.stats.spare_write_errors,
-                ),
-                Some(_) => {
-                    to_move.push(lba);
-                    continue;
-                }
-            };
-            match r {
-                Ok(()) => {}
-                Err(e) if !e.is_media() => return Err(e.into()),
-                Err(e) => {
-                    Stats::bump(errors);
-                    tracing::debug!(lba, error = %e, "write failed; moving the block");
-                    to_move.push(lba);
-                }
-            }
-        }
-        if to_move.is_empty() {
-            return Ok(());
-        }
-        self.move_blocks(offset, buf, &to_move)
-    }
-
-    /// Move each block in `lbas` to a fresh spare block holding the request's bytes merged
-    /// with the rest of the block, then flush the spare and commit. Returns the first
-    /// failure after doing what can be done for the other blocks.
-    fn move_blocks(&self, offset: u64, buf: &[u8], lbas: &[u64]) -> Result<(), DeviceError> {
-        let len = buf.len() as u64;
-        let now = self.clock.now_s() as u32;
-        let mut change = self.change();
-        let engine = &mut *change.engine;
-        let mut records: Vec<Record> = Vec::new();
-        let mut first_error: Option<DeviceError> = None;
-        let mut block = vec![0u8; self.block_size.bytes() as usize];
-        for &lba in lbas {
-            let (at, range, inner) = self.part(lba, offset, len);
-            let (_, blen) = self.block_span(lba);
-            let blen = blen as usize;
-            let current = engine.table.get(lba);
-            // Someone may have moved the block since we failed: try where it lives now.
-            if let Some(spare) = current.and_then(|e| e.spare) {
-                match self
-                    .spare
-                    .write_at(self.spare_byte(spare) + inner as u64, &buf[range.clone()])
-                {
-                    Ok(()) => continue,
-                    Err(e) if !e.is_media() => {
-                        first_error.get_or_insert(e.into());
-                        continue;
-                    }
-                    Err(_) => Stats::bump(&self.stats.spare_write_errors),
-                }
-            }
-            let cause = match current {
-                None => RemapCause::WriteError,
-                Some(e) if e.is_remapped() => RemapCause::SpareFailure,
-                Some(_) => RemapCause::Rewrite,
-            };
-            // Assemble the whole block: the request's bytes over the rest of the block.
-            let whole = range.len() == blen;
-            if !whole {
-                let source: Option<(&dyn BlockBackend, u64, &AtomicU64)> = match current {
-                    None => Some((&self.main, at - inner as u64, &self.stats.main_read_errors)),
-                    Some(Entry { spare: Some(s), .. }) => Some((
-                        &self.spare,
-                        self.spare_byte(s),
-                        &self.stats.spare_read_errors,
-                    )),
-                    Some(e) if e.main_is_current() => {
-                        Some((&self.main, at - inner as u64, &self.stats.main_read_errors))
-                    }
-                    Some(_) => None,
-                };
-                let read = match source {
-                    Some((dev, from, errors)) => {
-                        self.read_retrying(dev, from, &mut block[..blen], errors)
-                    }
-                    None => {
-                        first_error.get_or_insert(DeviceError::PartialWriteUnreadable { lba });
-                        continue;
-                    }
-                };
-                if let Err(e) = read {
-                    // The rest of the block is unreadable: the block becomes (or stays) pending.
-                    let rec = match current {
-                        None => Some(Record::Pending { lba, time_s: now }),
-                        Some(Entry { spare: Some(s), .. }) => Some(Record::SpareRetired {
-                            spare: s,
-                            lba: Some(lba),
-                            time_s: now,
-                        }),
-                        Some(_) => None,
-                    };
-                    if let Some(rec) = rec {
-                        self.apply(engine, &rec)?;
-                        Stats::bump(&self.stats.pending_marked);
-                        records.push(rec);
-                    }
-                    tracing::warn!(lba, error = %e, "partial write to a failing block whose rest is unreadable");
-                    first_error.get_or_insert(DeviceError::PartialWriteUnreadable { lba });
-                    continue;
-                }
-            }
-            block[inner..inner + range.len()].copy_from_slice(&buf[range]);
-            // Contiguity: follow the spare of the block before, if it has one.
-            let mut moved = false;
-            for _ in 0..MAX_SPARE_ATTEMPTS {
-                let spare = match self.choose_spare(&engine.table, &engine.spares, lba) {
-                    Ok(s) => s,
-                    Err(SpareError::Exhausted { pool }) => {
-                        tracing::error!(lba, pool, "spare pool exhausted");
-                        first_error.get_or_insert(DeviceError::SpareExhausted { lba, pool });
-                        break;
-                    }
-                    Err(e) => return Err(DeviceError::Inconsistent(e.into())),
-                };
-                match self.spare.write_at(self.spare_byte(spare), &block[..blen]) {
-                    Ok(()) => {
-                        // The old spare, if any, failed a write: retire it now that the data
-                        // has a new home. Retiring it earlier would leave the block pending
-                        // (unreadable) if no new spare can be had, though its old spare may
-                        // still read back the data it held.
-                        if let Some(old) = current.and_then(|e| e.spare) {
-                            let rec = Record::SpareRetired {
-                                spare: old,
-                                lba: Some(lba),
-                                time_s: now,
-                            };
-                            self.apply(engine, &rec)?;
-                            Stats::bump(&self.stats.spares_retired_events);
-                            records.push(rec);
-                        }
-                        let rec = Record::Remap {
-                            lba,
-                            spare,
-                            cause,
-                            time_s: now,
-                        };
-                        match self.apply(engine, &rec) {
-                            Ok(()) => {}
-                            Err(e @ DeviceError::TableFull { .. }) => {
-                                first_error.get_or_insert(e);
-                                break;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                        Stats::bump(&self.stats.remaps);
-                        tracing::warn!(lba, spare, ?cause, "block remapped");
-                        records.push(rec);
-                        moved = true;
-                        break;
-                    }
-                    Err(e) if !e.is_media() => {
-                        first_error.get_or_insert(e.into());
-                        break;
-                    }
-                    Err(e) => {
-                        Stats::bump(&self.stats.spare_write_errors);
-                        let rec = Record::SpareRetired {
-                            spare,
-                            lba: None,
-                            time_s: now,
-                        };
-                        self.apply(engine, &rec)?;
-                        Stats::bump(&self.stats.spares_retired_events);
-                        tracing::warn!(spare, error = %e, "spare block failed a write; retired");
-                        records.push(rec);
-                    }
-                }
-            }
-            if !moved && first_error.is_none() {
-                first_error = Some(DeviceError::SpareWritesFailed {
-                    lba,
-                    attempts: MAX_SPARE_ATTEMPTS,
-                });
-            }
-        }
-        if !records.is_empty() {
-            if records.iter().any(|r| matches!(r, Record::Remap { .. })) {
-                // The data must be durable before the mapping that points at it.
-                if let Err(source) = self.spare.flush() {
-                    self.poisoned.store(true, Ordering::SeqCst);
-                    Stats::bump(&self.stats.flush_errors);
-                    return Err(DeviceError::SpareFlush { source });
-                }
-            }
-            self.commit(engine, &records)?;
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 
     // ----- flush, trim, write-zeroes -----
@@ -1092,7 +662,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Make every completed write durable on both devices.
     pub fn flush(&self) -> Result<(), DeviceError> {
         let t0 = self.begin(IoOp::Flush);
-        let r = if self.is_poisoned() {
+        let r = if refused(Request::Flush, self.is_poisoned()) {
             Err(DeviceError::Poisoned)
         } else {
             self.main
@@ -1111,128 +681,54 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Remapped blocks stay remapped; pending blocks stay pending.
     pub fn trim(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         check_range(IoOp::Trim, offset, len, self.size_bytes)?;
-        if self.is_poisoned() {
+        if refused(Request::Discard, self.is_poisoned()) {
             return Err(DeviceError::Poisoned);
         }
         if len == 0 {
             return Ok(());
         }
         let t0 = self.begin(IoOp::Trim);
-        let (first, count) = self.blocks_of(offset, len);
-        let mut route = Route::Normal;
-        let r = (|| {
+        let r = {
             let engine = self.engine.read();
-            for seg in engine.table.segments(first, count) {
-                match seg {
-                    Segment::Main { lba, blocks } if self.main.supports_trim() => {
-                        let (at, range) = self.clip(lba, blocks, offset, len);
-                        self.main.trim(at, range.len() as u64)?;
-                    }
-                    Segment::Spare { lba, spare, blocks } => {
-                        route = Route::Remapped;
-                        if self.spare.supports_trim() {
-                            let (at, range) = self.clip(lba, blocks, offset, len);
-                            let inner = at - (lba << self.block_size.shift());
-                            self.spare
-                                .trim(self.spare_byte(spare) + inner, range.len() as u64)?;
-                        }
-                    }
-                    Segment::Pending { .. } => route = Route::Remapped,
-                    Segment::Main { .. } => {}
-                }
-            }
-            Ok::<(), IoError>(())
-        })();
+            runs::discard(&engine.table, &self.geometry, &mut self.io(), offset, len)
+        };
+        let route = Route::of(!matches!(r, Ok(Runs::Done { remapped: false })));
         self.account(IoOp::Trim, len, t0, route, r.is_ok());
-        r.map_err(Into::into)
+        r.map(|_| ()).map_err(Into::into)
     }
 
-    /// Make `[offset, offset + len)` read as zeroes, with the same remap rules as a write.
+    /// Make `[offset, offset + len)` read as zeroes, with the same remap rules as a write:
+    /// zeroed in place run by run, and through the write path if any block cannot be.
     pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
         check_range(IoOp::WriteZeroes, offset, len, self.size_bytes)?;
-        if self.is_poisoned() {
+        if refused(Request::WriteZeroes, self.is_poisoned()) {
             return Err(DeviceError::Poisoned);
         }
         if len == 0 {
             return Ok(());
         }
         let t0 = self.begin(IoOp::WriteZeroes);
-        let (first, count) = self.blocks_of(offset, len);
-        let mut route = Route::Normal;
-        // Whether some block could not be zeroed in place (a media error, or a pending block):
-        // then the whole request goes through the write path, exactly as a write of zeroes
-        // would, so every block that must move does (not only those before the first
-        // failure) and no block is split into partial writes.
-        let mut through_writes = false;
         let r = (|| {
-            let engine = self.engine.read();
-            for seg in engine.table.segments(first, count) {
-                let (at, range) = self.clip(seg.lba(), seg.blocks(), offset, len);
-                let n = range.len() as u64;
-                let r = match seg {
-                    Segment::Main { .. } => self.main.write_zeroes(at, n),
-                    Segment::Spare { lba, spare, .. } => {
-                        route = Route::Remapped;
-                        let inner = at - (lba << self.block_size.shift());
-                        self.spare.write_zeroes(self.spare_byte(spare) + inner, n)
-                    }
-                    Segment::Pending { .. } => {
-                        through_writes = true;
-                        break;
-                    }
-                };
-                match r {
-                    Ok(()) => {}
-                    Err(e) if !e.is_media() => return Err(DeviceError::from(e)),
-                    Err(_) => {
-                        through_writes = true;
-                        break;
-                    }
+            let in_place = {
+                let engine = self.engine.read();
+                runs::write_zeroes(&engine.table, &self.geometry, &mut self.io(), offset, len)?
+            };
+            let remapped = match in_place {
+                Runs::Done { remapped } => remapped,
+                Runs::Slow => {
+                    self.slow(|p| p.zero_through_writes(offset, len, fua))?;
+                    true
                 }
-            }
-            Ok(())
-        })();
-        let r = r.and_then(|()| {
-            if through_writes {
-                route = Route::Remapped;
-                self.zero_through_writes(offset, len, fua)?;
-            }
+            };
             if fua {
                 self.main.flush()?;
                 self.spare.flush()?;
             }
-            Ok(())
-        });
+            Ok(remapped)
+        })();
+        let route = Route::of(!matches!(r, Ok(false)));
         self.account(IoOp::WriteZeroes, len, t0, route, r.is_ok());
-        r
-    }
-
-    /// Zero `[offset, offset + len)` through the write path (which moves blocks that fail),
-    /// in pieces of at most `ZERO_PIECE` bytes cut at block borders. Every piece is tried;
-    /// the first failure is returned, unless the device stops taking writes.
-    fn zero_through_writes(&self, offset: u64, len: u64, fua: bool) -> Result<(), DeviceError> {
-        let zeroes = vec![0u8; ZERO_PIECE.min(len) as usize];
-        let end = offset + len;
-        let mut at = offset;
-        let mut first_error = None;
-        while at < end {
-            let mut piece_end = (at + ZERO_PIECE).min(end);
-            if piece_end < end {
-                // ZERO_PIECE is at least one block, so the cut still makes progress.
-                let cut = piece_end & !(self.block_size.bytes_u64() - 1);
-                if cut > at {
-                    piece_end = cut;
-                }
-            }
-            if let Err(e) = self.write_isolating(at, &zeroes[..(piece_end - at) as usize], fua) {
-                if self.is_poisoned() {
-                    return Err(e);
-                }
-                first_error.get_or_insert(e);
-            }
-            at = piece_end;
-        }
-        first_error.map_or(Ok(()), Err)
+        r.map(|_| ())
     }
 
     // ----- administration -----
@@ -1240,166 +736,22 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     /// Move block `lba` to a spare now, copying its data. If its data cannot be read the
     /// move is refused, unless `zero_unreadable` accepts zeroes in its place.
     pub fn map_block(&self, lba: u64, zero_unreadable: bool) -> Result<u64, DeviceError> {
-        self.check_block(lba)?;
-        if self.is_poisoned() {
-            return Err(DeviceError::Poisoned);
-        }
-        let mut change = self.change();
-        let engine = &mut *change.engine;
-        let current = engine.table.get(lba);
-        if let Some(spare) = current.and_then(|e| e.spare) {
-            return Err(DeviceError::AlreadyRemapped { lba, spare });
-        }
-        let (start, blen) = self.block_span(lba);
-        let mut block = vec![0u8; blen as usize];
-        let readable = match current {
-            None => self
-                .read_retrying(&self.main, start, &mut block, &self.stats.main_read_errors)
-                .map_err(|e| e.to_string()),
-            Some(e) if e.main_is_current() => self
-                .read_retrying(&self.main, start, &mut block, &self.stats.main_read_errors)
-                .map_err(|e| e.to_string()),
-            Some(_) => Err("its spare failed and no other copy exists".to_string()),
-        };
-        if let Err(reason) = readable {
-            if !zero_unreadable {
-                return Err(DeviceError::Unreadable { lba, reason });
-            }
-            block.fill(0);
-        }
-        let now = self.clock.now_s() as u32;
-        let mut records = Vec::new();
-        let mut chosen = None;
-        for _ in 0..MAX_SPARE_ATTEMPTS {
-            let spare = match self.choose_spare(&engine.table, &engine.spares, lba) {
-                Ok(s) => s,
-                Err(SpareError::Exhausted { pool }) => {
-                    return Err(DeviceError::SpareExhausted { lba, pool });
-                }
-                Err(e) => return Err(DeviceError::Inconsistent(e.into())),
-            };
-            match self.spare.write_at(self.spare_byte(spare), &block) {
-                Ok(()) => {
-                    chosen = Some(spare);
-                    break;
-                }
-                Err(e) if !e.is_media() => return Err(e.into()),
-                Err(_) => {
-                    Stats::bump(&self.stats.spare_write_errors);
-                    let rec = Record::SpareRetired {
-                        spare,
-                        lba: None,
-                        time_s: now,
-                    };
-                    self.apply(engine, &rec)?;
-                    Stats::bump(&self.stats.spares_retired_events);
-                    records.push(rec);
-                }
-            }
-        }
-        let result = match chosen {
-            Some(spare) => {
-                if let Err(source) = self.spare.flush() {
-                    Stats::bump(&self.stats.flush_errors);
-                    // Retirements already applied in memory cannot be committed now: stop
-                    // writes rather than let the table run ahead of the disk.
-                    if !records.is_empty() {
-                        self.poisoned.store(true, Ordering::SeqCst);
-                    }
-                    return Err(DeviceError::SpareFlush { source });
-                }
-                let rec = Record::Remap {
-                    lba,
-                    spare,
-                    cause: RemapCause::Manual,
-                    time_s: now,
-                };
-                self.apply(engine, &rec)?;
-                Stats::bump(&self.stats.remaps);
-                tracing::info!(lba, spare, "block remapped by request");
-                records.push(rec);
-                Ok(spare)
-            }
-            None => Err(DeviceError::SpareWritesFailed {
-                lba,
-                attempts: MAX_SPARE_ATTEMPTS,
-            }),
-        };
-        if !records.is_empty() {
-            self.commit(engine, &records)?;
-        }
-        result
+        let spare = self.slow(|p| p.map_block(lba, zero_unreadable))?;
+        tracing::info!(lba, spare, "block remapped by request");
+        Ok(spare)
     }
 
     /// Move block `lba` back to main: copy its data there, flush, read it back and compare,
     /// then free the spare. Refused, with nothing changed, if main still fails there.
     pub fn unmap_block(&self, lba: u64) -> Result<(), DeviceError> {
-        self.check_block(lba)?;
-        if self.is_poisoned() {
-            return Err(DeviceError::Poisoned);
-        }
-        let mut change = self.change();
-        let engine = &mut *change.engine;
-        let Some(spare) = engine.table.get(lba).and_then(|e| e.spare) else {
-            return Err(DeviceError::NotRemapped { lba });
-        };
-        let (start, blen) = self.block_span(lba);
-        let mut block = vec![0u8; blen as usize];
-        self.read_retrying(
-            &self.spare,
-            self.spare_byte(spare),
-            &mut block,
-            &self.stats.spare_read_errors,
-        )
-        .map_err(|source| DeviceError::SpareReadFailed { lba, spare, source })?;
-        let still_failing = |reason: String| DeviceError::MainStillFailing { lba, reason };
-        self.main
-            .write_at(start, &block)
-            .and_then(|()| self.main.flush())
-            .map_err(|e| still_failing(e.to_string()))?;
-        let mut check = vec![0u8; blen as usize];
-        self.main
-            .read_at(start, &mut check)
-            .map_err(|e| still_failing(e.to_string()))?;
-        if check != block {
-            return Err(still_failing(
-                "data read back differs from data written".into(),
-            ));
-        }
-        let rec = Record::Unmap {
-            lba,
-            time_s: self.clock.now_s() as u32,
-        };
-        self.apply(engine, &rec)?;
-        Stats::bump(&self.stats.unmaps);
-        tracing::info!(lba, spare, "block moved back to main");
-        self.commit(engine, &[rec])
-    }
-
-    fn check_block(&self, lba: u64) -> Result<(), DeviceError> {
-        if lba >= self.blocks {
-            return Err(DeviceError::BlockOutOfRange {
-                lba,
-                blocks: self.blocks,
-            });
-        }
+        self.slow(|p| p.unmap_block(lba))?;
+        tracing::info!(lba, "block moved back to main");
         Ok(())
     }
 
     /// Write a checkpoint of the whole state through the store.
     pub fn checkpoint(&self) -> Result<(), DeviceError> {
-        let engine = self.engine.write();
-        self.update_gauges(&engine);
-        let stats = self.stats();
-        let view = EngineView {
-            table: &engine.table,
-            spares: &engine.spares,
-            stats: &stats,
-        };
-        self.store
-            .lock()
-            .checkpoint(&view)
-            .map_err(|source| DeviceError::MetadataFailed { source })
+        self.slow(|p| p.checkpoint())
     }
 
     /// Flush both devices and checkpoint: what a clean shutdown does.
@@ -1409,35 +761,6 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
     }
 
     // ----- allocation policy, scrub, settings -----
-
-    /// The spare block for block `lba`. With contiguity on (the default): right after the
-    /// spare of the block before, or right before the spare of the block after, so a run of
-    /// bad blocks lands on a run of spare blocks and reads of it stay one spare I/O; a block
-    /// with no remapped neighbour starts a new run where it has room to grow. Off: the lowest
-    /// free block.
-    fn choose_spare(
-        &self,
-        table: &RemapTable,
-        spares: &SpareAllocator,
-        lba: u64,
-    ) -> Result<u64, SpareError> {
-        if !self.contiguous_spares.load(Ordering::Relaxed) {
-            return spares.next_free(None);
-        }
-        let free = |s: u64| spares.state(s) == Ok(crate::spare::SpareState::Free);
-        let neighbour = |l: Option<u64>| l.and_then(|l| table.get(l)).and_then(|e| e.spare);
-        if let Some(s) = neighbour(lba.checked_sub(1)).and_then(|s| s.checked_add(1))
-            && free(s)
-        {
-            return Ok(s);
-        }
-        if let Some(s) = neighbour(lba.checked_add(1)).and_then(|s| s.checked_sub(1))
-            && free(s)
-        {
-            return Ok(s);
-        }
-        spares.next_free_for_run(RUN_GAP)
-    }
 
     /// Choose the spare allocation policy: contiguous (the default) or always the lowest free
     /// block. For measuring what contiguity buys.
@@ -1544,11 +867,9 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         Ok(())
     }
 
+    /// The verdict ([`crate::policy::verdict`]): critical once writes have stopped.
     pub fn health(&self) -> HealthReport {
-        evaluate(
-            &HealthInputs::from_snapshot(&self.stats()),
-            &self.thresholds(),
-        )
+        crate::policy::verdict(&self.stats(), &self.thresholds(), self.is_poisoned())
     }
 
     /// The entry for block `lba`.

@@ -8,6 +8,8 @@
 //! - [`spare`]: the spare pool allocator;
 //! - [`stats`] and [`health`]: counters, latency histogram and the health verdict;
 //! - [`record`]: the vocabulary of persistent changes the engine asks a store to make durable;
+//! - [`policy`]: what every request and every failure does, over small I/O and journal seams,
+//!   run by [`RemapDevice`] and by the kernel target alike;
 //! - with `std`: [`backend`] (the [`BlockBackend`] seam and file/memory backends),
 //!   [`store`] (the persistence trait) and [`device`] (the remapping device);
 //! - with `fault-injection` (a product feature): faulty and crashing backends in [`backend`];
@@ -23,8 +25,10 @@
 extern crate alloc;
 
 pub mod clock;
+pub mod errno;
 pub mod geometry;
 pub mod health;
+pub mod policy;
 pub mod record;
 pub mod spare;
 pub mod stats;

@@ -93,6 +93,7 @@ void rk_route(const struct rk_state *state, const struct rk_shared *shared,
 void rk_account(const struct rk_shared *shared, u32 op, u64 bytes,
 		u64 latency_ns, bool remapped, bool ok);
 void rk_account_spare_flush(const struct rk_shared *shared, bool ok);
+bool rk_refuses_flush(const struct rk_shared *shared);
 int rk_slow_io(struct rk_state *state, const struct rk_shared *shared, void *io,
 	       u32 op, u64 lba, u8 *buf, u64 len, bool fua, u32 now_s,
 	       char *err, u32 errlen);

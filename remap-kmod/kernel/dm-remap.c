@@ -487,6 +487,14 @@ static int rk_map(struct dm_target *ti, struct bio *bio)
 		/* An empty flush, sent twice (num_flush_bios): to main, then to spare. */
 		pb->op = RK_OP_FLUSH;
 		pb->spare = dm_bio_get_target_bio_nr(bio) == 1;
+		if (rk_refuses_flush(rt->shared)) {
+			/* Writes stopped after a metadata failure: nothing is durable through us. */
+			if (pb->spare)
+				rk_account_spare_flush(rt->shared, false);
+			else
+				rk_account(rt->shared, RK_OP_FLUSH, 0, 0, false, false);
+			return DM_MAPIO_KILL;
+		}
 		bio_set_dev(bio, pb->spare ? rt->spare->bdev : rt->main->bdev);
 		return DM_MAPIO_REMAPPED;
 	}

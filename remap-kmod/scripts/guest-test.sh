@@ -7,7 +7,10 @@
 #   guest-test.sh [6.1|6.12|all]        (default: all)
 #
 # Boot 1 runs everything and ends with a remapped write followed at once by a forced
-# power-off; boot 2 checks that remap and every earlier one survived. Fails loudly on a
+# power-off; boot 2 checks that remap and every earlier one survived, and runs `remap
+# table/activate/deactivate` and their refusals. Boots 3 and 4 put ext4 and xfs on remap
+# devices over failing segments, power off with writes in flight and check the filesystems
+# and `remap dump` after the reboot (guest/fs.sh). Fails loudly on a
 # guest panic, oops, BUG or WARN, on a hang (timeout), on any FAIL line, and when a
 # phase's SUMMARY is missing or does not account for every check it planned.
 #
@@ -59,6 +62,10 @@ boot() { # phase log
     -drive "file=$wd/small.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/logspare.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/log.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/fs-ext4.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/fs-ext4-spare.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/fs-xfs.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$wd/fs-xfs-spare.img,if=virtio,format=raw,cache=unsafe" \
     </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
   return "$rc"
 }
@@ -107,6 +114,27 @@ compare_dump() { # label
   fi
 }
 
+# Every block `remap dump` lists as remapped on a filesystem pair lies in one of the
+# failing segments the guest printed (FSSEG), and every segment holds at least one: the
+# filesystem really wrote over each, and nothing outside them moved.
+check_fs_remaps() { # fs
+  local fs=$1 remapped segs
+  remapped=$("$REMAP_BIN" dump "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" --json |
+    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
+    die "$KREL: remap dump of the $fs pair failed"
+  segs=$(sed -n "s/^FSSEG $fs \([0-9]*\) \([0-9]*\)$/\1 \2/p" "$wd/boot3.log")
+  [ -n "$segs" ] || die "$KREL: the guest printed no FSSEG lines for $fs"
+  echo "$remapped" | awk -v fs="$fs" -v k="$KREL" -v segs="$segs" '
+    BEGIN { n = split(segs, a, /[ \n]/); for (i = 1; i < n; i += 2) { lo[++m] = a[i]; hi[m] = a[i + 1] } }
+    NF { hit = 0; for (j = 1; j <= m; j++) if ($1 >= lo[j] && $1 <= hi[j]) { hit = 1; c[j]++ }
+         if (!hit) { print "guest-test: " k ": " fs ": block " $1 " remapped outside the failing segments"; bad = 1 }
+         total++ }
+    END { for (j = 1; j <= m; j++) { printf "guest-test: %s: %s: segment %d-%d: %d remaps\n", k, fs, lo[j], hi[j], c[j] + 0
+                                       if (c[j] == 0) bad = 1 }
+          printf "guest-test: %s: %s: %d remaps in all\n", k, fs, total; exit bad }' >&2 ||
+    die "$KREL: $fs: remap dump does not show remaps in every failing segment and only there"
+}
+
 for flav in $flavours; do
   t0=$SECONDS
   benv=$("$here/build.sh" "$flav")
@@ -138,9 +166,16 @@ for flav in $flavours; do
   "$REMAP_BIN" create "$wd/main3.img" "$wd/logspare.img" --journal-blocks 4 >/dev/null ||
     die "remap create of the logged spare failed"
   cp "$wd/logspare.img" "$wd/logspare-before.img"
+  # The filesystem-on-top pairs (guest/fs.sh): 512 MiB main backings, 16 MiB spares.
+  for fs in ext4 xfs; do
+    truncate -s 512M "$wd/fs-$fs.img"
+    truncate -s 16M "$wd/fs-$fs-spare.img"
+    "$REMAP_BIN" create "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" >/dev/null ||
+      die "remap create of the $fs spare failed"
+  done
   head -c 65536 /dev/urandom >"$wd/pat64k"
   head -c 4194304 /dev/urandom >"$wd/pat4m"
-  "$here/mkinitramfs.sh" "$kenv" "$benv" "$wd/initrd.gz" "$wd/pat64k" "$wd/pat4m" \
+  REMAP_BIN=$REMAP_BIN "$here/mkinitramfs.sh" "$kenv" "$benv" "$wd/initrd.gz" "$wd/pat64k" "$wd/pat4m" \
     "$wd/small-pool-block"
 
   log "$KREL: boot 1 (qemu TCG)"
@@ -167,6 +202,18 @@ for flav in $flavours; do
   "$REMAP_BIN" check "$wd/main.img" "$wd/spare.img" >"$wd/check.log" 2>&1 ||
     die "$KREL: remap check of the spare the kernel wrote failed: $(cat "$wd/check.log")"
   log "$KREL: remap check passes on the spare the kernel wrote"
+
+  t_fs=$SECONDS
+  log "$KREL: boot 3, filesystems on top (qemu TCG)"
+  rc=0
+  boot 3 "$wd/boot3.log" || rc=$?
+  judge 3 "$wd/boot3.log" "$rc"
+  log "$KREL: boot 4, after the power-off with writes in flight (qemu TCG)"
+  rc=0
+  boot 4 "$wd/boot4.log" || rc=$?
+  judge 4 "$wd/boot4.log" "$rc"
+  for fs in ext4 xfs; do check_fs_remaps "$fs"; done
+  log "$KREL: filesystems on top took $((SECONDS - t_fs))s (boots 3 and 4 and the dumps)"
   grep '^PERF' "$wd/boot1.log" >"$wd/perf.txt"
   # Best of the rounds (interference from the host only ever slows a run down) and mean.
   awk -v k="$KREL" '{ key = $2 " " $3; v = $(NF-1); s[key] += v; n[key]++; if (v > b[key]) b[key] = v }

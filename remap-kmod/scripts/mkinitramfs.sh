@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Build the guest's initramfs: busybox, dmsetup and its libraries, the kernel modules the
+# Build the guest's initramfs: busybox, dmsetup and its libraries, the `remap` binary
+# ($REMAP_BIN, debug info stripped) and its libraries, the kernel modules the
 # test needs (with their dependencies, in load order), dm_remap.ko and dm-dust.ko, the
 # guest scripts and any data files.
 #
-#   mkinitramfs.sh <kernel env> <build env> <out.cpio.gz> [data file...]
+#   REMAP_BIN=target/release/remap mkinitramfs.sh <kernel env> <build env> <out.cpio.gz> [data file...]
 #
 # Modules: virtio (whatever of it is modular on this kernel), virtio_blk, dm-mod (which
-# carries the linear and error targets), dm-flakey, dm-log-writes. /lib/modules/load-order lists them as
+# carries the linear and error targets), dm-flakey, dm-log-writes, crc32c, ext4 and xfs. /lib/modules/load-order lists them as
 # the guest must insmod them.
 set -euo pipefail
 
@@ -21,7 +22,7 @@ shift 3
 . "$benv"
 
 die() { echo "mkinitramfs: error: $*" >&2; exit 1; }
-for tool in busybox dmsetup objcopy xz cpio gzip ldd; do
+for tool in busybox dmsetup objcopy xz cpio gzip ldd mke2fs e2fsck mkfs.xfs xfs_repair; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
@@ -36,13 +37,28 @@ case "$bb_ldd" in
   *) die "busybox is not static (install busybox-static)" ;;
 esac
 
-# dmsetup is dynamic on Debian: bring its libraries and loader along.
+# dmsetup and remap are dynamic: bring their libraries and loader along.
+with_libs() { # binary
+  for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
+    mkdir -p "$w$(dirname "$lib")"
+    cp -L "$lib" "$w$lib"
+  done
+}
 dms=$(command -v dmsetup)
 cp "$dms" "$w/sbin/dmsetup"
-for lib in $(ldd "$dms" | grep -o '/[^ ]*'); do
-  mkdir -p "$w$(dirname "$lib")"
-  cp -L "$lib" "$w$lib"
+with_libs "$dms"
+[ -x "${REMAP_BIN:-}" ] || die "REMAP_BIN does not name a built remap binary"
+objcopy --strip-debug "$REMAP_BIN" "$w/sbin/remap"
+with_libs "$REMAP_BIN"
+# The filesystem tools of the filesystem-on-top phases, with Debian's mke2fs defaults.
+for tool in mke2fs e2fsck mkfs.xfs xfs_repair; do
+  p=$(command -v "$tool") || die "$tool is not installed (e2fsprogs, xfsprogs)"
+  cp "$p" "$w/sbin/$tool"
+  with_libs "$p"
 done
+mkdir -p "$w/etc"
+cp /etc/mke2fs.conf "$w/etc/mke2fs.conf"
+ln -s /proc/mounts "$w/etc/mtab"
 
 # Module dependencies from each module's .modinfo (the unpacked kernel has no modules.dep).
 tmpko=$(mktemp -d)
@@ -76,7 +92,9 @@ add_module() { # name: dependencies first, each module once
   cp "$plain" "$w/lib/modules/$name.ko"
   order+=("$name")
 }
-for m in virtio_pci virtio_blk dm-mod dm-flakey dm-log-writes; do
+# crc32c_generic before the filesystems: ext4 and xfs ask the crypto API for crc32c, and
+# the guest has no modprobe for the kernel to call.
+for m in virtio_pci virtio_blk dm-mod dm-flakey dm-log-writes crc32c_generic ext4 xfs; do
   add_module "$m"
 done
 cp "$REMAP_KO" "$w/lib/modules/dm_remap.ko"
@@ -85,7 +103,8 @@ printf '%s\n' "${order[@]}" dm-dust > "$w/lib/modules/load-order"
 
 cp "$here/guest/init" "$w/init"
 cp "$here/guest/test.sh" "$w/test.sh"
-chmod +x "$w/init" "$w/test.sh"
+cp "$here/guest/fs.sh" "$w/fs.sh"
+chmod +x "$w/init" "$w/test.sh" "$w/fs.sh"
 for f in "$@"; do cp "$f" "$w/data/"; done
 
 (cd "$w" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"

@@ -30,6 +30,10 @@ check objcopy binutils
 check make make
 check x86_64-linux-gnu-gcc-12 gcc-12
 check apt-get apt
+check mke2fs e2fsprogs
+check e2fsck e2fsprogs
+check mkfs.xfs xfsprogs
+check xfs_repair xfsprogs
 bb=$(command -v busybox || true)
 if [ -z "$bb" ] || [[ "$(ldd "$bb" 2>&1 || true)" != *"not a dynamic executable"* ]]; then
   need+=(busybox-static)

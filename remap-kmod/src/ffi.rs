@@ -473,6 +473,17 @@ pub unsafe extern "C" fn rk_account(
     sh.account(op, bytes, latency_ns, remapped, ok);
 }
 
+/// Whether an empty flush is refused (`Shared::refuses_flush`: writes stopped after a
+/// metadata failure). Any context.
+///
+/// # Safety
+/// `shared` is the target's shared part.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rk_refuses_flush(shared: *const Shared) -> bool {
+    // SAFETY: the caller's contract; Shared is only atomics and constants.
+    unsafe { shared.as_ref() }.is_some_and(Shared::refuses_flush)
+}
+
 /// Count the spare's half of a flush (see `Shared::account_spare_flush`).
 ///
 /// # Safety
@@ -515,18 +526,18 @@ pub unsafe extern "C" fn rk_slow_io(
     let mut io = CIo { ctx: io };
     let op = Op::from_u32(op);
     let r = match op {
-        Some(Op::Discard) => state.slow_discard(&mut io, lba, len >> sh.block_shift),
+        Some(Op::Discard) => state.serve_discard(&mut io, lba, len >> sh.block_shift),
         Some(o @ (Op::Read | Op::Write | Op::WriteZeroes)) => {
             if buf.is_null() || len > target::MAX_SLOW_BYTES {
                 Err(SlowError::BadRequest { lba, len })
             } else if o == Op::Read {
                 // SAFETY: the caller's contract: `len` writable bytes.
                 let b = unsafe { core::slice::from_raw_parts_mut(buf, len as usize) };
-                state.slow_read(sh, &mut io, lba, b, now_s)
+                state.serve_read(sh, &mut io, lba, b, now_s)
             } else {
                 // SAFETY: the caller's contract: `len` readable bytes.
                 let b = unsafe { core::slice::from_raw_parts(buf as *const u8, len as usize) };
-                state.slow_write(sh, &mut io, lba, b, fua, now_s)
+                state.serve_write(sh, &mut io, lba, b, fua, now_s)
             }
         }
         _ => Err(SlowError::BadRequest { lba, len }),
@@ -560,7 +571,7 @@ pub unsafe extern "C" fn rk_checkpoint(
         return -EINVAL;
     };
     let mut io = CIo { ctx: io };
-    match state.checkpoint(sh, &mut io) {
+    match state.serve_checkpoint(sh, &mut io, 0) {
         Ok(_) => 0,
         Err(e) => {
             // SAFETY: the caller's contract for err/errlen.

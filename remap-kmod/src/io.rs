@@ -9,33 +9,8 @@ use core::fmt;
 
 use remap_meta::MetaIo;
 
-/// `EIO`: what a failing medium reports.
-pub const EIO: i32 = 5;
-/// `ENOMEM`.
-pub const ENOMEM: i32 = 12;
-/// `EINVAL`.
-pub const EINVAL: i32 = 22;
-/// `ENOSPC`: the spare pool or the table is full.
-pub const ENOSPC: i32 = 28;
-/// `EOPNOTSUPP`.
-pub const EOPNOTSUPP: i32 = 95;
-
-/// Which of the two devices an I/O goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Dev {
-    Main = 0,
-    Spare = 1,
-}
-
-impl fmt::Display for Dev {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Dev::Main => "main",
-            Dev::Spare => "spare",
-        })
-    }
-}
+pub use remap_core::errno::{EINVAL, EIO, ENOMEM, ENOSPC, EOPNOTSUPP};
+pub use remap_core::policy::Dev;
 
 /// How a write must reach the medium.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +46,18 @@ pub struct IoFailure {
 impl IoFailure {
     pub fn is_media(&self) -> bool {
         self.media
+    }
+}
+
+impl core::error::Error for IoFailure {}
+
+impl remap_core::policy::IoFault for IoFailure {
+    fn is_media(&self) -> bool {
+        self.media
+    }
+
+    fn errno(&self) -> i32 {
+        self.errno
     }
 }
 

@@ -139,13 +139,13 @@ pub fn run_exclusive<I: BlockIo + ?Sized>(
     match *msg {
         Message::Map { block } => {
             let spare = state
-                .map_block(sh, io, block, now_s)
+                .serve_map(sh, io, block, now_s)
                 .map_err(|e| (e.errno(), e))?;
             let _ = write!(out, "block {block} remapped to spare block {spare}");
         }
         Message::Lookup { block } => {
             if block >= sh.blocks {
-                let e = SlowError::OutOfRange {
+                let e = SlowError::BlockOutOfRange {
                     lba: block,
                     blocks: sh.blocks,
                 };
@@ -154,7 +154,9 @@ pub fn run_exclusive<I: BlockIo + ?Sized>(
             let _ = write_lookup(out, block, state.table().get(block));
         }
         Message::Checkpoint => {
-            let seq = state.checkpoint(sh, io).map_err(|e| (e.errno(), e))?;
+            let seq = state
+                .serve_checkpoint(sh, io, now_s)
+                .map_err(|e| (e.errno(), e))?;
             let _ = write!(out, "checkpoint {seq} written");
         }
         _ => {

@@ -16,8 +16,7 @@ use remap_core::HealthThresholds;
 
 /// The most optional arguments a table line may carry (each name at most once).
 pub const MAX_OPTIONS: usize = 9;
-/// The most read retries (the engine's own limit).
-pub const MAX_READ_RETRIES: u32 = 16;
+pub use remap_core::policy::MAX_READ_RETRIES;
 /// Longest identity value (the superblock holds 128 bytes).
 pub const MAX_IDENTITY: usize = 128;
 

@@ -10,28 +10,25 @@
 //!   changes it (the slow path, the table-changing messages, checkpoints) runs in the
 //!   target's single work queue with the gate closed and every bio mapped through the old
 //!   table completed, so it holds the only reference (`&mut State`). That is how "lookups
-//!   take no global write lock; a remap is serialized and re-checks the table" (DESIGN.md)
+//!   take no global write lock; a remap is serialized and re-checks the table" (`docs/design.md`, "Concurrency")
 //!   is done in the kernel.
 //!
-//! The semantics are those of `remap_core::RemapDevice` (DESIGN.md, "I/O semantics"): a
-//! failed read is retried block by block, blocks that still fail become pending (persisted)
-//! and the read fails with no data; a failed write moves each failing block to a fresh spare
-//! block, the data is made durable, the journal record written, and only then does the write
-//! succeed; a write to a pending block moves it; a failing spare block is retired. Every
-//! change to the table goes through [`remap_core::record::apply`], the same function journal
-//! replay uses, and is journaled through `remap-meta`, so the host tools read what the kernel
-//! wrote. The kernel exports a logical block size equal to the remap block size, so every
-//! request here covers whole blocks.
+//! What a request or a failure does is not decided here: the slow path hands every request
+//! to `remap_core::policy::Policy`, the same code `remap_core::RemapDevice` runs
+//! (`docs/design.md`, "I/O semantics"), over two seams implemented below on the C glue's
+//! synchronous bio I/O: [`KernelIo`] ("data durable before record" is a `REQ_PREFLUSH` on the
+//! next journal write) and [`KernelJournal`] (remap-meta's journal on the spare, so the host
+//! tools read what the kernel wrote). This file keeps what is the kernel's own: the fast-path
+//! [`State::route`], the state split, request checks, and opening a spare. The kernel exports
+//! a logical block size equal to the remap block size, so every request here covers whole
+//! blocks.
 
-use alloc::vec;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use remap_core::health::{HealthInputs, HealthReport, evaluate};
-use remap_core::record::{self, ApplyError, Record, RemapCause};
-use remap_core::spare::SpareError;
-use remap_core::table::TableError;
-use remap_core::{Entry, HealthThresholds, RemapTable, Segment, SpareAllocator, Stats};
+use remap_core::health::HealthReport;
+use remap_core::policy::{self, Geometry, Policy, PolicyError, Tunables, runs};
+use remap_core::record::Record;
+use remap_core::{HealthThresholds, RemapTable, Segment, SpareAllocator, Stats};
 use remap_meta::counters;
 use remap_meta::error::FormatError;
 use remap_meta::journal::{CommitError, Journal, StateView};
@@ -39,13 +36,11 @@ use remap_meta::recovery::{RecoverError, recover};
 use remap_meta::superblock::IdentityKind;
 use remap_meta::{DeviceIdentity, META_BLOCK};
 
-use crate::io::{BlockIo, Dev, EINVAL, EIO, ENOSPC, IoFailure, SpareMeta, WriteFlags};
+use crate::io::{BlockIo, Dev, IoFailure, SpareMeta, WriteFlags};
 use crate::options::{Lossy, Options};
 
-/// Spare blocks tried for one block before its write fails (the engine's limit).
-pub const MAX_SPARE_ATTEMPTS: u32 = 8;
-/// The largest request the slow path takes at once, in bytes; the C glue cuts bios into
-/// pieces of at most this size.
+/// The largest request the slow path takes at once, in bytes: the size of the C glue's
+/// bounce buffer, into which it cuts bios.
 pub const MAX_SLOW_BYTES: u64 = 256 * 1024;
 
 /// The kind of a data request.
@@ -60,6 +55,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// The request kind the policy's rules are written for.
+    pub fn request(self) -> policy::Request {
+        match self {
+            Op::Read => policy::Request::Read,
+            Op::Write => policy::Request::Write,
+            Op::Discard => policy::Request::Discard,
+            Op::WriteZeroes => policy::Request::WriteZeroes,
+            Op::Flush => policy::Request::Flush,
+        }
+    }
+
     pub fn from_u32(v: u32) -> Option<Op> {
         Some(match v {
             0 => Op::Read,
@@ -160,54 +166,9 @@ impl OpenError {
     }
 }
 
-/// Why a slow-path request or a message failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SlowError {
-    #[error("block {lba}: read failed on the main device; the block is now pending")]
-    ReadFailed { lba: u64 },
-    #[error(
-        "block {lba} is pending: its data could not be read; writing the whole block restores it"
-    )]
-    Pending { lba: u64 },
-    #[error("block {lba}: spare block {spare} failed a read and was retired; the block is pending")]
-    SpareReadFailed { lba: u64, spare: u64 },
-    #[error("block {lba}: write failed and the spare pool is exhausted ({pool} blocks)")]
-    SpareExhausted { lba: u64, pool: u64 },
-    #[error("block {lba}: the remap table is full ({capacity} entries)")]
-    TableFull { lba: u64, capacity: usize },
-    #[error("block {lba}: no spare block accepted the write after {attempts} attempts")]
-    SpareWritesFailed { lba: u64, attempts: u32 },
-    #[error("metadata commit failed; the target refuses writes until it is reloaded: {0}")]
-    MetadataFailed(CommitError<IoFailure>),
-    #[error("the target refuses writes after an earlier metadata failure; reload it")]
-    Poisoned,
-    #[error("block {lba} is already remapped to spare block {spare}")]
-    AlreadyRemapped { lba: u64, spare: u64 },
-    #[error("block {lba} cannot be read, so it cannot be copied to a spare: {why}")]
-    Unreadable { lba: u64, why: &'static str },
-    #[error("block {lba} is beyond the device ({blocks} blocks)")]
-    OutOfRange { lba: u64, blocks: u64 },
-    #[error("request of {len} bytes at block {lba} is not whole blocks or is too large")]
-    BadRequest { lba: u64, len: u64 },
-    #[error("the remap table contradicts itself; the target refuses writes: {0}")]
-    Inconsistent(ApplyError),
-    #[error("{0}")]
-    Io(IoFailure),
-}
-
-impl SlowError {
-    /// The one mapping from a slow-path error to the errno a bio or message completes with.
-    pub fn errno(&self) -> i32 {
-        match self {
-            SlowError::SpareExhausted { .. } | SlowError::TableFull { .. } => ENOSPC,
-            SlowError::OutOfRange { .. } | SlowError::BadRequest { .. } => EINVAL,
-            SlowError::AlreadyRemapped { .. } => EINVAL,
-            SlowError::Io(e) => e.errno,
-            _ => EIO,
-        }
-    }
-}
+/// Why a slow-path request or a message failed: the policy's error over the kernel's seams,
+/// with its one `errno()` mapping.
+pub type SlowError = PolicyError<IoFailure, CommitError<IoFailure>>;
 
 /// What the kernel knows about the devices when a table is loaded.
 #[derive(Debug, Clone, Copy)]
@@ -253,19 +214,12 @@ pub struct State {
     table: RemapTable,
     spares: SpareAllocator,
     journal: Journal,
+    geometry: Geometry,
     blocks: u64,
     block_shift: u32,
-    pool_offset: u64,
     journal_range: (u64, u64),
     /// Data was written to the spare since its last flush (see [`SpareMeta`]).
     spare_dirty: bool,
-}
-
-/// A read failure found while isolating, settled after the scan.
-enum ReadFailure {
-    Main,
-    Spare(u64),
-    Pending,
 }
 
 /// Open a spare device: recover its metadata (reading only) and check that it belongs to
@@ -353,9 +307,9 @@ pub fn open<I: BlockIo + ?Sized>(
         table: rec.table,
         spares: rec.spares,
         journal: rec.journal,
+        geometry: Geometry::new(g.block_size, g.main_size, g.pool_offset),
         blocks: g.main_blocks(),
         block_shift: g.block_size.shift(),
-        pool_offset: g.pool_offset,
         journal_range: (g.journal_block_offset(0, 0), journal_end),
         spare_dirty: false,
     };
@@ -458,16 +412,15 @@ impl Shared {
         self.since_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    /// remap-core's verdict; critical whatever the figures once metadata writes failed.
+    /// The engine's verdict ([`remap_core::policy::verdict`]): critical once writes stopped.
     pub fn health(&self) -> HealthReport {
-        let mut h = evaluate(
-            &HealthInputs::from_snapshot(&self.stats.snapshot()),
-            &self.thresholds,
-        );
-        if self.is_poisoned() {
-            h.state = remap_core::HealthState::Critical;
-        }
-        h
+        policy::verdict(&self.stats.snapshot(), &self.thresholds, self.is_poisoned())
+    }
+
+    /// Whether an empty flush is refused (the glue asks before passing it down): after a
+    /// metadata failure only reads are served ([`remap_core::policy::refused`]).
+    pub fn refuses_flush(&self) -> bool {
+        policy::refused(policy::Request::Flush, self.is_poisoned())
     }
 }
 
@@ -489,21 +442,11 @@ impl State {
     }
 
     fn spare_byte(&self, spare: u64) -> u64 {
-        self.pool_offset + (spare << self.block_shift)
+        self.geometry.spare_byte(spare)
     }
 
     fn update_gauges(&self, sh: &Shared) {
-        let s = &sh.stats;
-        s.pending_blocks
-            .store(self.table.pending_count() as u64, Ordering::Relaxed);
-        s.remapped_blocks
-            .store(self.table.remapped_count() as u64, Ordering::Relaxed);
-        s.spares_total
-            .store(self.spares.pool_blocks(), Ordering::Relaxed);
-        s.spares_used
-            .store(self.spares.used_count(), Ordering::Relaxed);
-        s.spares_retired
-            .store(self.spares.retired_count(), Ordering::Relaxed);
+        policy::update_gauges(&sh.stats, &self.table, &self.spares);
     }
 
     /// The fast path: where the first run of `[lba, lba + blocks)` goes. One search when the
@@ -513,7 +456,7 @@ impl State {
     #[inline]
     pub fn route(&self, sh: &Shared, lba: u64, blocks: u64, op: Op) -> Route {
         let end = lba.saturating_add(blocks).min(self.blocks);
-        if lba >= end || (op != Op::Read && sh.is_poisoned()) {
+        if lba >= end || policy::refused(op.request(), sh.is_poisoned()) {
             // Outside the device: device-mapper never sends this; fail it rather than guess.
             return Route::Fail { blocks };
         }
@@ -532,148 +475,61 @@ impl State {
         }
     }
 
-    fn check_request(&self, lba: u64, len: u64) -> Result<u64, SlowError> {
+    /// A slow-path request must be whole blocks inside the device, at most
+    /// [`MAX_SLOW_BYTES`] (the glue's bounce buffer).
+    fn check_request(&self, lba: u64, len: u64) -> Result<(), SlowError> {
         let bs = self.block_bytes();
         if len == 0 || !len.is_multiple_of(bs) || len > MAX_SLOW_BYTES {
-            return Err(SlowError::BadRequest { lba, len });
+            return Err(PolicyError::BadRequest { lba, len });
         }
-        let blocks = len >> self.block_shift;
-        match lba.checked_add(blocks) {
-            Some(end) if end <= self.blocks => Ok(blocks),
-            _ => Err(SlowError::OutOfRange {
+        match lba.checked_add(len >> self.block_shift) {
+            Some(end) if end <= self.blocks => Ok(()),
+            _ => Err(PolicyError::BlockOutOfRange {
                 lba,
                 blocks: self.blocks,
             }),
         }
     }
 
-    /// Byte range of block `b` inside a request starting at block `lba`.
-    fn span(&self, lba: u64, b: u64) -> core::ops::Range<usize> {
-        let bs = self.block_bytes() as usize;
-        let at = (b - lba) as usize * bs;
-        at..at + bs
-    }
-
-    /// Read `buf` from `dev` at `at`, retrying media errors `read_retries` times. Every
-    /// failed attempt is counted in `errors`.
-    fn read_retrying<I: BlockIo + ?Sized>(
-        sh: &Shared,
-        io: &mut I,
-        dev: Dev,
-        at: u64,
-        buf: &mut [u8],
-    ) -> Result<(), IoFailure> {
-        let errors = match dev {
-            Dev::Main => &sh.stats.main_read_errors,
-            Dev::Spare => &sh.stats.spare_read_errors,
-        };
-        let mut attempt = 0;
-        loop {
-            match io.read(dev, at, buf) {
-                Ok(()) => {
-                    if attempt > 0 {
-                        Stats::bump(&sh.stats.transient_recoveries);
-                    }
-                    return Ok(());
-                }
-                Err(e) if !e.is_media() => return Err(e),
-                Err(e) => {
-                    Stats::bump(errors);
-                    if attempt >= sh.read_retries {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    /// Apply one record. A full table is an ordinary refusal (nothing changed); any other
-    /// refusal means the state contradicts itself, and writes stop.
-    fn apply(&mut self, sh: &Shared, rec: &Record) -> Result<(), SlowError> {
-        match record::apply(&mut self.table, &mut self.spares, self.blocks, rec) {
-            Ok(()) => Ok(()),
-            Err(ApplyError::Table(TableError::Full { lba, capacity })) => {
-                Err(SlowError::TableFull { lba, capacity })
-            }
-            Err(e) => {
-                sh.poisoned.store(true, Ordering::Relaxed);
-                Err(SlowError::Inconsistent(e))
-            }
-        }
-    }
-
-    /// Make `records` durable (they are already applied). On failure writes stop.
-    fn commit<I: BlockIo + ?Sized>(
+    /// Run `f` with the policy over this target's seams. Called only with exclusive access
+    /// (the work queue, gate closed, I/O drained), which is what serializes the slow path.
+    fn with_policy<I: BlockIo + ?Sized, R>(
         &mut self,
         sh: &Shared,
         io: &mut I,
-        records: &[Record],
-    ) -> Result<(), SlowError> {
-        self.update_gauges(sh);
-        let counters = counters::from_snapshot(&sh.stats.snapshot());
-        let view = StateView {
-            table: &self.table,
-            spares: &self.spares,
-            counters: &counters,
-        };
-        let mut meta = SpareMeta {
+        now_s: u32,
+        f: impl FnOnce(&mut Policy<'_, KernelIo<'_, I>, KernelJournal<'_>>) -> R,
+    ) -> R {
+        let mut kio = KernelIo {
             io,
-            journal: self.journal_range,
-            dirty: &mut self.spare_dirty,
+            spare_dirty: &mut self.spare_dirty,
         };
-        match self.journal.commit(&mut meta, records, &view) {
-            Ok(_) => {
-                Stats::bump(&sh.stats.commits);
-                Ok(())
-            }
-            Err(e) => {
-                sh.poisoned.store(true, Ordering::Relaxed);
-                Err(SlowError::MetadataFailed(e))
-            }
-        }
+        let mut journal = KernelJournal {
+            journal: &mut self.journal,
+            range: self.journal_range,
+            stats: &sh.stats,
+        };
+        let mut p = Policy {
+            table: &mut self.table,
+            spares: &mut self.spares,
+            geometry: &self.geometry,
+            io: &mut kio,
+            journal: &mut journal,
+            stats: &sh.stats,
+            poisoned: &sh.poisoned,
+            tunables: Tunables {
+                read_retries: sh.read_retries,
+                contiguous_spares: true,
+            },
+            now_s,
+            on_change: &|_, _| {},
+        };
+        f(&mut p)
     }
 
-    /// Write a checkpoint of the whole state (the `checkpoint` message, and suspend).
-    pub fn checkpoint<I: BlockIo + ?Sized>(
-        &mut self,
-        sh: &Shared,
-        io: &mut I,
-    ) -> Result<u64, SlowError> {
-        if sh.is_poisoned() {
-            return Err(SlowError::Poisoned);
-        }
-        self.update_gauges(sh);
-        let counters = counters::from_snapshot(&sh.stats.snapshot());
-        let view = StateView {
-            table: &self.table,
-            spares: &self.spares,
-            counters: &counters,
-        };
-        let mut meta = SpareMeta {
-            io,
-            journal: self.journal_range,
-            dirty: &mut self.spare_dirty,
-        };
-        match self.journal.checkpoint(&mut meta, &view) {
-            Ok(()) => Ok(self.journal.superblock().checkpoint_sequence),
-            Err(e) => {
-                sh.poisoned.store(true, Ordering::Relaxed);
-                Err(SlowError::MetadataFailed(e))
-            }
-        }
-    }
-
-    /// Journal blocks written since the last checkpoint.
-    pub fn journal_live_blocks(&self) -> u32 {
-        self.journal.live_blocks()
-    }
-
-    /// The slow read of whole blocks `[lba, lba + buf.len()/block)`: each run read where it
-    /// lives; if anything fails, block by block with retries. Blocks that still fail become
-    /// pending (their spare retired, when they had one), that is committed, `buf` is zeroed
-    /// and the read fails: no data is handed out for a request that failed.
-    pub fn slow_read<I: BlockIo + ?Sized>(
+    /// The slow read of whole blocks `[lba, lba + buf.len()/block)` (a bio that failed on
+    /// the fast path, or spans several runs).
+    pub fn serve_read<I: BlockIo + ?Sized>(
         &mut self,
         sh: &Shared,
         io: &mut I,
@@ -681,102 +537,13 @@ impl State {
         buf: &mut [u8],
         now_s: u32,
     ) -> Result<(), SlowError> {
-        let blocks = self.check_request(lba, buf.len() as u64)?;
-        let mut clean = true;
-        for seg in self.table.segments(lba, blocks) {
-            let (dev, at, l, n) = match seg {
-                Segment::Main { lba: l, blocks: n } => (Dev::Main, l << self.block_shift, l, n),
-                Segment::Spare {
-                    lba: l,
-                    spare,
-                    blocks: n,
-                } => (Dev::Spare, self.spare_byte(spare), l, n),
-                Segment::Pending { .. } => {
-                    clean = false;
-                    break;
-                }
-            };
-            let range = self.span(lba, l).start..self.span(lba, l + n - 1).end;
-            match io.read(dev, at, &mut buf[range]) {
-                Ok(()) => {}
-                Err(e) if !e.is_media() => return Err(SlowError::Io(e)),
-                Err(_) => {
-                    clean = false;
-                    break;
-                }
-            }
-        }
-        if clean {
-            return Ok(());
-        }
-        let mut failures: Vec<(u64, ReadFailure)> = Vec::new();
-        for b in lba..lba + blocks {
-            let range = self.span(lba, b);
-            match self.table.get(b) {
-                None => match Self::read_retrying(
-                    sh,
-                    io,
-                    Dev::Main,
-                    b << self.block_shift,
-                    &mut buf[range],
-                ) {
-                    Ok(()) => {}
-                    Err(e) if !e.is_media() => return Err(SlowError::Io(e)),
-                    Err(_) => failures.push((b, ReadFailure::Main)),
-                },
-                Some(Entry {
-                    spare: Some(spare), ..
-                }) => {
-                    let at = self.spare_byte(spare);
-                    match Self::read_retrying(sh, io, Dev::Spare, at, &mut buf[range]) {
-                        Ok(()) => {}
-                        Err(e) if !e.is_media() => return Err(SlowError::Io(e)),
-                        Err(_) => failures.push((b, ReadFailure::Spare(spare))),
-                    }
-                }
-                Some(_) => failures.push((b, ReadFailure::Pending)),
-            }
-        }
-        let Some(first) = failures.first().map(|(b, f)| match f {
-            ReadFailure::Main => SlowError::ReadFailed { lba: *b },
-            ReadFailure::Spare(s) => SlowError::SpareReadFailed { lba: *b, spare: *s },
-            ReadFailure::Pending => SlowError::Pending { lba: *b },
-        }) else {
-            // Every block read on retry: a transient failure, already counted.
-            return Ok(());
-        };
-        buf.fill(0);
-        let mut records = Vec::new();
-        for (b, f) in failures {
-            let rec = match f {
-                ReadFailure::Main => Record::Pending {
-                    lba: b,
-                    time_s: now_s,
-                },
-                ReadFailure::Spare(spare) => {
-                    Stats::bump(&sh.stats.spares_retired_events);
-                    Record::SpareRetired {
-                        spare,
-                        lba: Some(b),
-                        time_s: now_s,
-                    }
-                }
-                ReadFailure::Pending => continue,
-            };
-            self.apply(sh, &rec)?;
-            Stats::bump(&sh.stats.pending_marked);
-            records.push(rec);
-        }
-        if !records.is_empty() {
-            self.commit(sh, io, &records)?;
-        }
-        Err(first)
+        self.check_request(lba, buf.len() as u64)?;
+        let offset = lba << self.block_shift;
+        self.with_policy(sh, io, now_s, |p| p.read(offset, buf).map(|_| ()))
     }
 
-    /// The slow write of whole blocks: each run written where it lives; a run that fails is
-    /// written block by block, and every block that fails (or is pending) moves to a spare.
-    /// Returns only once every moved block's data and record are durable.
-    pub fn slow_write<I: BlockIo + ?Sized>(
+    /// The slow write of whole blocks (write-zeroes come here with a zeroed buffer).
+    pub fn serve_write<I: BlockIo + ?Sized>(
         &mut self,
         sh: &Shared,
         io: &mut I,
@@ -786,179 +553,15 @@ impl State {
         now_s: u32,
     ) -> Result<(), SlowError> {
         if sh.is_poisoned() {
-            return Err(SlowError::Poisoned);
+            return Err(PolicyError::Poisoned);
         }
-        let blocks = self.check_request(lba, buf.len() as u64)?;
-        let flags = if fua {
-            WriteFlags::FUA
-        } else {
-            WriteFlags::PLAIN
-        };
-        let mut to_move: Vec<u64> = Vec::new();
-        let segments: Vec<Segment> = self.table.segments(lba, blocks).collect();
-        for seg in segments {
-            let (dev, l, n, at) = match seg {
-                Segment::Main { lba: l, blocks: n } => (Dev::Main, l, n, l << self.block_shift),
-                Segment::Spare {
-                    lba: l,
-                    spare,
-                    blocks: n,
-                } => (Dev::Spare, l, n, self.spare_byte(spare)),
-                Segment::Pending { lba: l, blocks: n } => {
-                    to_move.extend(l..l + n);
-                    continue;
-                }
-            };
-            let range = self.span(lba, l).start..self.span(lba, l + n - 1).end;
-            match io.write(dev, at, &buf[range], flags) {
-                Ok(()) => continue,
-                Err(e) if !e.is_media() => return Err(SlowError::Io(e)),
-                Err(_) => {}
-            }
-            // Isolate: block by block, so only the blocks that fail move.
-            let errors = match dev {
-                Dev::Main => &sh.stats.main_write_errors,
-                Dev::Spare => &sh.stats.spare_write_errors,
-            };
-            for (i, b) in (l..l + n).enumerate() {
-                let at = at + ((i as u64) << self.block_shift);
-                match io.write(dev, at, &buf[self.span(lba, b)], flags) {
-                    Ok(()) => {}
-                    Err(e) if !e.is_media() => return Err(SlowError::Io(e)),
-                    Err(_) => {
-                        Stats::bump(errors);
-                        to_move.push(b);
-                    }
-                }
-            }
-        }
-        if to_move.is_empty() {
-            return Ok(());
-        }
-        self.move_blocks(sh, io, lba, buf, &to_move, now_s)
+        self.check_request(lba, buf.len() as u64)?;
+        let offset = lba << self.block_shift;
+        self.with_policy(sh, io, now_s, |p| p.write(offset, buf, fua).map(|_| ()))
     }
 
-    /// Move each block of `lbas` to a fresh spare block holding its bytes from `buf` (which
-    /// starts at block `lba`), then commit. Returns the first failure after doing what can be
-    /// done for the other blocks.
-    fn move_blocks<I: BlockIo + ?Sized>(
-        &mut self,
-        sh: &Shared,
-        io: &mut I,
-        lba: u64,
-        buf: &[u8],
-        lbas: &[u64],
-        now_s: u32,
-    ) -> Result<(), SlowError> {
-        let mut records: Vec<Record> = Vec::new();
-        let mut first_error: Option<SlowError> = None;
-        for &b in lbas {
-            let data = &buf[self.span(lba, b)];
-            let current = self.table.get(b);
-            let cause = match current {
-                None => RemapCause::WriteError,
-                Some(e) if e.is_remapped() => RemapCause::SpareFailure,
-                Some(_) => RemapCause::Rewrite,
-            };
-            // A spare that failed a write is retired before the block moves on.
-            if let Some(old) = current.and_then(|e| e.spare) {
-                let rec = Record::SpareRetired {
-                    spare: old,
-                    lba: Some(b),
-                    time_s: now_s,
-                };
-                self.apply(sh, &rec)?;
-                Stats::bump(&sh.stats.spares_retired_events);
-                records.push(rec);
-            }
-            match self.place(sh, io, b, data, cause, now_s, &mut records)? {
-                Ok(_) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if !records.is_empty() {
-            self.commit(sh, io, &records)?;
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Write `data` to a fresh spare block for block `b` and apply the remap (not yet
-    /// committed). Spare blocks that fail the write are retired and the next is tried.
-    /// The outer error stops everything (the state is inconsistent); the inner one is this
-    /// block's failure.
-    #[allow(clippy::too_many_arguments)]
-    fn place<I: BlockIo + ?Sized>(
-        &mut self,
-        sh: &Shared,
-        io: &mut I,
-        b: u64,
-        data: &[u8],
-        cause: RemapCause,
-        now_s: u32,
-        records: &mut Vec<Record>,
-    ) -> Result<Result<u64, SlowError>, SlowError> {
-        // Keep runs of bad blocks on runs of spare blocks: follow the block before.
-        let hint = b
-            .checked_sub(1)
-            .and_then(|p| self.table.get(p))
-            .and_then(|e| e.spare);
-        for _ in 0..MAX_SPARE_ATTEMPTS {
-            let spare = match self.spares.next_free(hint) {
-                Ok(s) => s,
-                Err(SpareError::Exhausted { pool }) => {
-                    return Ok(Err(SlowError::SpareExhausted { lba: b, pool }));
-                }
-                Err(e) => {
-                    sh.poisoned.store(true, Ordering::Relaxed);
-                    return Err(SlowError::Inconsistent(e.into()));
-                }
-            };
-            match io.write(Dev::Spare, self.spare_byte(spare), data, WriteFlags::PLAIN) {
-                Ok(()) => {
-                    self.spare_dirty = true;
-                    let rec = Record::Remap {
-                        lba: b,
-                        spare,
-                        cause,
-                        time_s: now_s,
-                    };
-                    match self.apply(sh, &rec) {
-                        Ok(()) => {}
-                        Err(e @ SlowError::TableFull { .. }) => return Ok(Err(e)),
-                        Err(e) => return Err(e),
-                    }
-                    Stats::bump(&sh.stats.remaps);
-                    records.push(rec);
-                    return Ok(Ok(spare));
-                }
-                Err(e) if !e.is_media() => return Ok(Err(SlowError::Io(e))),
-                Err(_) => {
-                    Stats::bump(&sh.stats.spare_write_errors);
-                    let rec = Record::SpareRetired {
-                        spare,
-                        lba: None,
-                        time_s: now_s,
-                    };
-                    self.apply(sh, &rec)?;
-                    Stats::bump(&sh.stats.spares_retired_events);
-                    records.push(rec);
-                }
-            }
-        }
-        Ok(Err(SlowError::SpareWritesFailed {
-            lba: b,
-            attempts: MAX_SPARE_ATTEMPTS,
-        }))
-    }
-
-    /// Discard whole blocks where they live. Pending blocks have nothing to discard; remapped
-    /// blocks stay remapped.
-    pub fn slow_discard<I: BlockIo + ?Sized>(
+    /// The slow discard of whole blocks.
+    pub fn serve_discard<I: BlockIo + ?Sized>(
         &mut self,
         io: &mut I,
         lba: u64,
@@ -967,76 +570,173 @@ impl State {
         match lba.checked_add(blocks) {
             Some(end) if end <= self.blocks && blocks > 0 => {}
             _ => {
-                return Err(SlowError::OutOfRange {
+                return Err(PolicyError::BlockOutOfRange {
                     lba,
                     blocks: self.blocks,
                 });
             }
         }
-        for seg in self.table.segments(lba, blocks) {
-            let r = match seg {
-                Segment::Main { lba: l, blocks: n } => {
-                    io.discard(Dev::Main, l << self.block_shift, n << self.block_shift)
-                }
-                Segment::Spare {
-                    spare, blocks: n, ..
-                } => io.discard(Dev::Spare, self.spare_byte(spare), n << self.block_shift),
-                Segment::Pending { .. } => Ok(()),
-            };
-            r.map_err(SlowError::Io)?;
-        }
-        Ok(())
+        let mut dirty = self.spare_dirty;
+        let mut kio = KernelIo {
+            io,
+            spare_dirty: &mut dirty,
+        };
+        let r = runs::discard(
+            &self.table,
+            &self.geometry,
+            &mut kio,
+            lba << self.block_shift,
+            blocks << self.block_shift,
+        );
+        self.spare_dirty = dirty;
+        r.map(|_| ()).map_err(PolicyError::Io)
     }
 
-    /// Move block `lba` to a spare now, copying its data (the `map` message). Refused if the
-    /// block is already on a spare, or its data cannot be read.
-    pub fn map_block<I: BlockIo + ?Sized>(
+    /// The `map` message: move block `lba` to a spare now, copying its data.
+    pub fn serve_map<I: BlockIo + ?Sized>(
         &mut self,
         sh: &Shared,
         io: &mut I,
         lba: u64,
         now_s: u32,
     ) -> Result<u64, SlowError> {
-        if lba >= self.blocks {
-            return Err(SlowError::OutOfRange {
-                lba,
-                blocks: self.blocks,
-            });
+        self.with_policy(sh, io, now_s, |p| p.map_block(lba, false))
+    }
+
+    /// The `checkpoint` message and suspend: write the whole state; returns the checkpoint's
+    /// sequence number.
+    pub fn serve_checkpoint<I: BlockIo + ?Sized>(
+        &mut self,
+        sh: &Shared,
+        io: &mut I,
+        now_s: u32,
+    ) -> Result<u64, SlowError> {
+        self.with_policy(sh, io, now_s, |p| p.checkpoint())?;
+        Ok(self.journal.superblock().checkpoint_sequence)
+    }
+
+    /// Journal blocks written since the last checkpoint.
+    pub fn journal_live_blocks(&self) -> u32 {
+        self.journal.live_blocks()
+    }
+}
+
+/// The policy's I/O seam over the glue's synchronous bios. Spare writes that are not FUA
+/// mark the spare dirty; "data durable before record" then costs nothing here: the next
+/// journal write carries `REQ_PREFLUSH` ([`SpareMeta`]).
+#[derive(Debug)]
+pub struct KernelIo<'a, I: ?Sized> {
+    io: &'a mut I,
+    spare_dirty: &'a mut bool,
+}
+
+/// Zeroes for [`KernelIo`]'s write-zeroes, a block at a time at most.
+static ZEROES: [u8; 4096] = [0; 4096];
+
+impl<I: BlockIo + ?Sized> policy::BlockIo for KernelIo<'_, I> {
+    type Error = IoFailure;
+
+    fn read(&mut self, dev: Dev, offset: u64, buf: &mut [u8]) -> Result<(), IoFailure> {
+        self.io.read(dev, offset, buf)
+    }
+
+    fn write(&mut self, dev: Dev, offset: u64, buf: &[u8], fua: bool) -> Result<(), IoFailure> {
+        let flags = if fua {
+            WriteFlags::FUA
+        } else {
+            WriteFlags::PLAIN
+        };
+        self.io.write(dev, offset, buf, flags)?;
+        if dev == Dev::Spare && !fua {
+            *self.spare_dirty = true;
         }
-        if sh.is_poisoned() {
-            return Err(SlowError::Poisoned);
+        Ok(())
+    }
+
+    fn flush(&mut self, dev: Dev) -> Result<(), IoFailure> {
+        self.io.flush(dev)?;
+        if dev == Dev::Spare {
+            *self.spare_dirty = false;
         }
-        match self.table.get(lba) {
-            Some(Entry {
-                spare: Some(spare), ..
-            }) => return Err(SlowError::AlreadyRemapped { lba, spare }),
-            Some(_) => {
-                return Err(SlowError::Unreadable {
-                    lba,
-                    why: "it is pending (no readable copy exists); write the block to restore it",
-                });
-            }
-            None => {}
+        Ok(())
+    }
+
+    fn order_spare_data(&mut self) -> Result<(), IoFailure> {
+        // Deferred to the PREFLUSH of the journal write that follows.
+        *self.spare_dirty = true;
+        Ok(())
+    }
+
+    fn discard(&mut self, dev: Dev, offset: u64, len: u64) -> Result<(), IoFailure> {
+        self.io.discard(dev, offset, len)
+    }
+
+    fn write_zeroes(&mut self, dev: Dev, offset: u64, len: u64) -> Result<(), IoFailure> {
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let n = (end - at).min(ZEROES.len() as u64);
+            self.write(dev, at, &ZEROES[..n as usize], false)?;
+            at += n;
         }
-        let mut data = vec![0u8; self.block_bytes() as usize];
-        Self::read_retrying(sh, io, Dev::Main, lba << self.block_shift, &mut data).map_err(
-            |e| {
-                if e.is_media() {
-                    SlowError::Unreadable {
-                        lba,
-                        why: "the main device fails to read it",
-                    }
-                } else {
-                    SlowError::Io(e)
-                }
-            },
-        )?;
-        let mut records = Vec::new();
-        let placed = self.place(sh, io, lba, &data, RemapCause::Manual, now_s, &mut records)?;
-        if !records.is_empty() {
-            self.commit(sh, io, &records)?;
-        }
-        placed
+        Ok(())
+    }
+}
+
+/// The policy's journal seam: remap-meta's journal on the spare, written through the same
+/// bios, with the lifetime counters carried in checkpoints.
+#[derive(Debug)]
+pub struct KernelJournal<'a> {
+    journal: &'a mut Journal,
+    range: (u64, u64),
+    stats: &'a Stats,
+}
+
+impl KernelJournal<'_> {
+    fn run<I: BlockIo + ?Sized, R>(
+        &mut self,
+        kio: &mut KernelIo<'_, I>,
+        table: &RemapTable,
+        spares: &SpareAllocator,
+        f: impl FnOnce(&mut Journal, &mut SpareMeta<'_, I>, &StateView<'_>) -> R,
+    ) -> R {
+        let counters = counters::from_snapshot(&self.stats.snapshot());
+        let view = StateView {
+            table,
+            spares,
+            counters: &counters,
+        };
+        let mut meta = SpareMeta {
+            io: &mut *kio.io,
+            journal: self.range,
+            dirty: &mut *kio.spare_dirty,
+        };
+        f(self.journal, &mut meta, &view)
+    }
+}
+
+impl<'k, I: BlockIo + ?Sized> policy::Journal<KernelIo<'k, I>> for KernelJournal<'_> {
+    type Error = CommitError<IoFailure>;
+
+    fn commit_records(
+        &mut self,
+        io: &mut KernelIo<'k, I>,
+        records: &[Record],
+        table: &RemapTable,
+        spares: &SpareAllocator,
+    ) -> Result<(), Self::Error> {
+        self.run(io, table, spares, |j, meta, view| {
+            j.commit(meta, records, view).map(|_| ())
+        })
+    }
+
+    fn write_checkpoint(
+        &mut self,
+        io: &mut KernelIo<'k, I>,
+        table: &RemapTable,
+        spares: &SpareAllocator,
+    ) -> Result<(), Self::Error> {
+        self.run(io, table, spares, |j, meta, view| j.checkpoint(meta, view))
     }
 }
 

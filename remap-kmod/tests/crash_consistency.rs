@@ -69,7 +69,7 @@ fn every_crash_point_recovers_to_an_acknowledged_state() {
 
     let (state, shared) = (&mut t.state, &t.shared);
     state
-        .map_block(shared, &mut t.sim, 30, t.now_s)
+        .serve_map(shared, &mut t.sim, 30, t.now_s)
         .expect("map");
     acked.push((t.sim.crash.history_len(), snapshot(&t, &data)));
 
@@ -80,7 +80,9 @@ fn every_crash_point_recovers_to_an_acknowledged_state() {
     acked.push((t.sim.crash.history_len(), snapshot(&t, &data)));
 
     let (state, shared) = (&mut t.state, &t.shared);
-    state.checkpoint(shared, &mut t.sim).expect("checkpoint");
+    state
+        .serve_checkpoint(shared, &mut t.sim, t.now_s)
+        .expect("checkpoint");
     acked.push((t.sim.crash.history_len(), snapshot(&t, &data)));
 
     for i in 0..12 {

@@ -9,7 +9,7 @@ use crate::error::{FormatError, Region};
 use crate::io::BackendIo;
 use crate::journal::{JournalBlock, write_superblocks};
 use crate::open::MetaError;
-use crate::recovery::{RecoveryReport, choose_superblock, read_superblocks, recover};
+use crate::recovery::{RecoveryReport, choose_superblock, read_superblock_copies, recover};
 use crate::superblock::Superblock;
 use crate::{META_BLOCK, MetaIo};
 
@@ -43,7 +43,8 @@ pub struct JournalCensus {
 /// What `check` found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckReport {
-    pub superblocks: [CopyState; 2],
+    /// Superblock copies A and B, and the tail copy on a format version 2 spare.
+    pub superblocks: Vec<CopyState>,
     /// The recovery a normal open would do, or why it fails.
     pub recovery: Result<RecoveryReport, String>,
     /// Each checkpoint area's header: its sequence, or why it does not decode.
@@ -64,45 +65,54 @@ impl CheckReport {
 /// Verify everything on the spare device. Reads only.
 pub fn check<S: BlockBackend + ?Sized>(spare: &S) -> Result<CheckReport, MetaError> {
     let mut io = BackendIo(spare);
-    let copies = read_superblocks(&mut io)?;
+    let copies = read_superblock_copies(&mut io, spare.size_bytes())?;
     let chosen = choose_superblock(&copies).ok().map(|(_, sb)| sb);
     let mut repairable = Vec::new();
     let mut fatal = Vec::new();
-    let superblocks = [0usize, 1].map(|i| {
-        let region = if i == 0 {
-            Region::SuperblockA
-        } else {
-            Region::SuperblockB
-        };
-        match &copies[i] {
-            Ok(sb) => {
-                let outdated = chosen.is_some_and(|c| c != *sb);
-                if outdated {
-                    repairable.push(format!(
-                        "{region} (sequence {}) is older than or differs from the copy in use",
-                        sb.sequence
-                    ));
+    // A version 1 spare has no tail copy.
+    let count = if chosen.is_some_and(|c| c.version < 2) {
+        2
+    } else {
+        3
+    };
+    let regions = [
+        Region::SuperblockA,
+        Region::SuperblockB,
+        Region::SuperblockTail,
+    ];
+    let superblocks: Vec<CopyState> = (0..count)
+        .map(|i| {
+            let region = regions[i];
+            match &copies[i] {
+                Ok(sb) => {
+                    let outdated = chosen.is_some_and(|c| c != *sb);
+                    if outdated {
+                        repairable.push(format!(
+                            "{region} (sequence {}) is older than or differs from the copy in use",
+                            sb.sequence
+                        ));
+                    }
+                    CopyState {
+                        region,
+                        sequence: Some(sb.sequence),
+                        error: None,
+                        outdated,
+                    }
                 }
-                CopyState {
-                    region,
-                    sequence: Some(sb.sequence),
-                    error: None,
-                    outdated,
+                Err(e) => {
+                    if chosen.is_some() {
+                        repairable.push(format!("{e}"));
+                    }
+                    CopyState {
+                        region,
+                        sequence: None,
+                        error: Some(e.to_string()),
+                        outdated: false,
+                    }
                 }
             }
-            Err(e) => {
-                if chosen.is_some() {
-                    repairable.push(format!("{e}"));
-                }
-                CopyState {
-                    region,
-                    sequence: None,
-                    error: Some(e.to_string()),
-                    outdated: false,
-                }
-            }
-        }
-    });
+        })
+        .collect();
     let recovery = match recover(&mut io, spare.size_bytes()) {
         Ok(r) => Ok(r.report),
         Err(e) => {
@@ -210,32 +220,52 @@ fn mirror_damage<S: BlockBackend + ?Sized>(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RepairReport {
     pub rewritten: Vec<Region>,
+    /// When recovery refused the spare: what salvage rebuilt, and what it could not prove.
+    pub salvage: Option<crate::salvage::SalvageReport>,
     pub before: CheckReport,
     pub after: CheckReport,
 }
 
 /// Rewrite bad or outdated superblock copies from the copy recovery uses, and bad copies of
-/// live journal blocks from their good twin, then check again.
-/// Refuses (changing nothing) when the state itself cannot be recovered.
+/// live journal blocks from their good twin, then check again. When recovery refuses the
+/// spare (an unreadable checkpoint, a journal block corrupt in both copies), salvage it
+/// ([`crate::salvage`]): rebuild what the rest of the metadata proves, report what it does
+/// not, and write that as a fresh checkpoint. Refuses (changing nothing) when there is
+/// nothing to rebuild from.
 pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaError> {
     let before = check(spare)?;
     if let Err(why) = &before.recovery {
-        return Err(MetaError::Unrepairable(format!(
-            "{why}; repair only rewrites a superblock copy from a good one and never invents a table"
-        )));
+        let salvage = crate::salvage::salvage(spare, true).map_err(|e| {
+            MetaError::Unrepairable(format!(
+                "{why}; salvage refused too ({e}); repair never invents a table"
+            ))
+        })?;
+        let after = check(spare)?;
+        return Ok(RepairReport {
+            rewritten: salvage.written_to.into_iter().collect(),
+            salvage: Some(salvage),
+            before,
+            after,
+        });
     }
     let mut io = BackendIo(spare);
-    let copies = read_superblocks(&mut io)?;
-    let Ok((_, good)) = choose_superblock(&copies) else {
+    let copies = read_superblock_copies(&mut io, spare.size_bytes())?;
+    let Ok((used, good)) = choose_superblock(&copies) else {
         return Err(MetaError::Unrepairable("no valid superblock".into()));
     };
     let mut rewritten = Vec::new();
-    if copies.iter().any(|c| c.as_ref().ok() != Some(&good)) {
-        write_superblocks(&mut io, &good).map_err(MetaError::from_commit)?;
-        for (c, region) in copies
-            .iter()
-            .zip([Region::SuperblockA, Region::SuperblockB])
-        {
+    let count = if good.version < 2 { 2 } else { 3 };
+    if copies[..count]
+        .iter()
+        .any(|c| c.as_ref().ok() != Some(&good))
+    {
+        // The copy in use is written last: the stale ones first, then a flush.
+        write_superblocks(&mut io, &good, used).map_err(MetaError::from_commit)?;
+        for (c, region) in copies[..count].iter().zip([
+            Region::SuperblockA,
+            Region::SuperblockB,
+            Region::SuperblockTail,
+        ]) {
             if c.as_ref().ok() != Some(&good) {
                 rewritten.push(region);
             }
@@ -258,6 +288,7 @@ pub fn repair<S: BlockBackend + ?Sized>(spare: &S) -> Result<RepairReport, MetaE
     let after = check(spare)?;
     Ok(RepairReport {
         rewritten,
+        salvage: None,
         before,
         after,
     })

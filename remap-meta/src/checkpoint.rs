@@ -194,7 +194,7 @@ where
         counters: *view.counters,
     };
     // The piece buffer is free again: encode the header there, off the stack.
-    let block = crate::wire::heap_block(&mut piece[..META_BLOCK], region)?;
+    let block = crate::commit::heap_block(&mut piece[..META_BLOCK], region)?;
     header.encode_into(block);
     io.write(base, &block[..])
         .map_err(|source| CommitError::Write {
@@ -229,7 +229,23 @@ pub fn load<I: MetaIo>(io: &mut I, sb: &Superblock) -> Result<Loaded, LoadError<
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
 {
-    let area = sb.active_checkpoint;
+    let expect = (sb.checkpoint_sequence, sb.journal_start_sequence);
+    load_area(io, sb, sb.active_checkpoint, Some(expect))
+}
+
+/// Read and check the checkpoint in `area`, as [`load`] does; its header must carry
+/// `expect` (checkpoint sequence, journal start) if given, else only the superblock's uuid
+/// (salvage reads the older area this way).
+pub fn load_area<I: MetaIo>(
+    io: &mut I,
+    sb: &Superblock,
+    area: u8,
+    expect: Option<(u64, u64)>,
+) -> Result<Loaded, LoadError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    let area = area & 1;
     let region = Region::Checkpoint(area);
     let g = &sb.geometry;
     let base = g.checkpoint_offsets[usize::from(area & 1)];
@@ -250,11 +266,13 @@ where
     if header.uuid != sb.uuid {
         return Err(FormatError::ForeignUuid { region }.into());
     }
-    if header.sequence != sb.checkpoint_sequence {
-        return Err(bad("sequence", header.sequence).into());
-    }
-    if header.journal_next_sequence != sb.journal_start_sequence {
-        return Err(bad("journal_next_sequence", header.journal_next_sequence).into());
+    if let Some((sequence, journal_next)) = expect {
+        if header.sequence != sequence {
+            return Err(bad("sequence", header.sequence).into());
+        }
+        if header.journal_next_sequence != journal_next {
+            return Err(bad("journal_next_sequence", header.journal_next_sequence).into());
+        }
     }
     if header.entry_count > g.table_capacity {
         return Err(bad("entry_count", header.entry_count).into());

@@ -43,10 +43,19 @@ impl Default for CreateOptions {
     }
 }
 
+/// The valid tail superblock copy in the last 4 KiB of `spare`, if there is one: the sign
+/// of a remap spare whose head was overwritten (by a stray `dd`, say), whose spare blocks
+/// may hold the only copy of user data. Reads only.
+pub fn tail_copy<S: BlockBackend + ?Sized>(spare: &S) -> Result<Option<Superblock>, MetaError> {
+    let size = spare.size_bytes();
+    Ok(crate::recovery::read_tail_at_end(&mut BackendIo(spare), size)?.ok())
+}
+
 /// Format `spare` for a main device of `main_size` bytes identified as `identity`.
 ///
-/// Refuses a device that already holds remap metadata (either superblock copy starts with
-/// the magic) unless `force`, and one too small for metadata and one spare block. Writes the
+/// Refuses, unless `force`, a device that already holds remap metadata: either head
+/// superblock copy starts with the magic, or a valid tail copy sits in its last 4 KiB.
+/// Refuses one too small for metadata and one spare block. Writes the
 /// empty checkpoint first and the superblocks last, so an interrupted format leaves no
 /// superblock pointing at nothing. Returns the superblock, read back and checked.
 pub fn create<S: BlockBackend + ?Sized>(
@@ -65,6 +74,12 @@ pub fn create<S: BlockBackend + ?Sized>(
                     return Err(MetaError::AlreadyFormatted);
                 }
             }
+        }
+        if let Some(tail) = tail_copy(spare)? {
+            return Err(MetaError::TailCopyFound {
+                offset: crate::layout::tail_superblock_offset(spare.size_bytes()).unwrap_or(0),
+                sequence: tail.sequence,
+            });
         }
     }
     opts.thresholds
@@ -98,6 +113,7 @@ pub fn create<S: BlockBackend + ?Sized>(
             .unwrap_or(0)
     });
     let sb = Superblock {
+        version: crate::superblock::VERSION,
         sequence: 1,
         uuid,
         created_ns,
@@ -132,7 +148,7 @@ pub fn create<S: BlockBackend + ?Sized>(
     io.write(geometry.journal_block_offset(1, 0), &zero)?;
     checkpoint::write(&mut io, &sb, 0, 1, 1, &view).map_err(MetaError::from_commit)?;
     io.flush()?;
-    write_superblocks(&mut io, &sb).map_err(MetaError::from_commit)?;
+    write_superblocks(&mut io, &sb, Region::SuperblockA).map_err(MetaError::from_commit)?;
     // Pair assertion: the device must now open to exactly this, empty.
     let back = crate::recovery::recover(&mut io, spare_size)?;
     if back.superblock != sb || !back.table.is_empty() {

@@ -10,6 +10,8 @@ use remap_core::record::ApplyError;
 pub enum Region {
     SuperblockA,
     SuperblockB,
+    /// The copy in the last 4 KiB of the spare device (format version 2).
+    SuperblockTail,
     /// A journal block at this ring position.
     Journal(u32),
     /// Checkpoint area 0 or 1.
@@ -21,6 +23,7 @@ impl fmt::Display for Region {
         match self {
             Region::SuperblockA => f.write_str("superblock A"),
             Region::SuperblockB => f.write_str("superblock B"),
+            Region::SuperblockTail => f.write_str("superblock tail copy"),
             Region::Journal(p) => write!(f, "journal block {p}"),
             Region::Checkpoint(a) => write!(f, "checkpoint area {a}"),
         }
@@ -33,7 +36,9 @@ impl fmt::Display for Region {
 pub enum FormatError {
     #[error("{region}: no remap metadata here (bad magic)")]
     BadMagic { region: Region },
-    #[error("{region}: format version {found} is not supported (this build reads version 1)")]
+    #[error(
+        "{region}: format version {found} is not supported (this build reads versions 1 and 2)"
+    )]
     UnsupportedVersion { region: Region, found: u32 },
     #[error("{region}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     BadChecksum {

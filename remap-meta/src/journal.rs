@@ -13,24 +13,46 @@ use remap_core::record::{Record, RemapCause};
 
 use crate::checkpoint;
 use crate::checksum::crc32c;
+use crate::commit::heap_block;
 pub use crate::commit::{CommitError, StateView};
+use crate::counters::{Counters, SLOTS};
 use crate::error::{EntryProblem, FormatError, Region};
 use crate::superblock::Superblock;
-use crate::wire::{Reader, Writer, heap_block};
+use crate::wire::{Reader, Writer};
 use crate::{META_BLOCK, MetaIo};
 
 pub const MAGIC: [u8; 8] = *b"REMAP\0JB";
-/// Records in one journal block.
+/// Records in one journal block without counters (format version 1).
 pub const RECORDS_PER_BLOCK: usize = 126;
+/// Records in one journal block that carries the lifetime counters (format version 2).
+pub const RECORDS_PER_COUNTED_BLOCK: usize = 118;
 /// The most blocks one commit may span; a bigger commit is written as a checkpoint.
 pub const MAX_COMMIT_BLOCKS: u32 = 64;
 pub const FLAG_COMMIT_END: u16 = 1;
+/// The block carries the lifetime counters as they were when its commit was made
+/// (format version 2), so a crash does not take the health verdict's inputs back to the
+/// last checkpoint.
+pub const FLAG_COUNTERS: u16 = 2;
 
 const HEADER: usize = 40;
+/// With [`FLAG_COUNTERS`]: slot count (u32), reserved (u32), the slots, then the records.
+const O_COUNTER_SLOTS: usize = HEADER;
+const O_COUNTERS: usize = HEADER + 8;
+const COUNTED_HEADER: usize = O_COUNTERS + SLOTS * 8;
 const RECORD_BYTES: usize = 32;
 const CRC_AT: usize = META_BLOCK - 4;
-const RECORDS_END: usize = HEADER + RECORDS_PER_BLOCK * RECORD_BYTES;
-const _: () = assert!(RECORDS_END <= CRC_AT);
+const _: () = assert!(HEADER + RECORDS_PER_BLOCK * RECORD_BYTES <= CRC_AT);
+const _: () = assert!(COUNTED_HEADER + RECORDS_PER_COUNTED_BLOCK * RECORD_BYTES <= CRC_AT);
+const _: () = assert!(COUNTED_HEADER + (RECORDS_PER_COUNTED_BLOCK + 1) * RECORD_BYTES > CRC_AT);
+
+/// Records one block holds, with or without the counters.
+pub const fn records_per_block(counted: bool) -> usize {
+    if counted {
+        RECORDS_PER_COUNTED_BLOCK
+    } else {
+        RECORDS_PER_BLOCK
+    }
+}
 
 const KIND_REMAP: u8 = 1;
 const KIND_UNMAP: u8 = 2;
@@ -48,6 +70,8 @@ pub struct JournalBlock {
     /// replay never stitches blocks of two different commits together.
     pub prev_crc: u32,
     pub records: Vec<Record>,
+    /// The lifetime counters when the commit was made (format version 2 blocks).
+    pub counters: Option<Counters>,
     /// This block's own checksum (its last four bytes).
     pub crc: u32,
 }
@@ -149,23 +173,51 @@ impl JournalBlock {
         region: Region,
     ) -> Result<[u8; META_BLOCK], FormatError> {
         let mut b = [0u8; META_BLOCK];
-        Self::encode_into(
-            uuid, sequence, commit_end, prev_crc, records, region, &mut b,
-        )?;
+        let head = BlockHead {
+            uuid,
+            sequence,
+            commit_end,
+            prev_crc,
+            counters: None,
+        };
+        Self::encode_into(&head, records, region, &mut b)?;
         Ok(b)
     }
 
-    /// [`JournalBlock::encode`] into a caller's 4 KiB buffer (kept off the kernel stack).
+    /// The 4 KiB image of this (decoded) block, counters included.
+    pub fn encode_again(&self, region: Region) -> Result<[u8; META_BLOCK], FormatError> {
+        let mut b = [0u8; META_BLOCK];
+        let head = BlockHead {
+            uuid: &self.uuid,
+            sequence: self.sequence,
+            commit_end: self.commit_end,
+            prev_crc: self.prev_crc,
+            counters: self.counters.as_ref(),
+        };
+        Self::encode_into(&head, &self.records, region, &mut b)?;
+        Ok(b)
+    }
+
+    /// Encode a block into a caller's 4 KiB buffer (kept off the kernel stack).
     pub fn encode_into(
-        uuid: &[u8; 16],
-        sequence: u64,
-        commit_end: bool,
-        prev_crc: u32,
+        head: &BlockHead<'_>,
         records: &[Record],
         region: Region,
         b: &mut [u8; META_BLOCK],
     ) -> Result<(), FormatError> {
-        if records.len() > RECORDS_PER_BLOCK {
+        let BlockHead {
+            uuid,
+            sequence,
+            commit_end,
+            prev_crc,
+            counters,
+        } = *head;
+        let first = if counters.is_some() {
+            COUNTED_HEADER
+        } else {
+            HEADER
+        };
+        if records.len() > records_per_block(counters.is_some()) {
             return Err(FormatError::BadField {
                 region,
                 field: "record_count",
@@ -179,11 +231,19 @@ impl JournalBlock {
             w.bytes(8, uuid);
             w.u64(24, sequence);
             w.u16(32, records.len() as u16);
-            w.u16(34, if commit_end { FLAG_COMMIT_END } else { 0 });
+            let mut flags = if commit_end { FLAG_COMMIT_END } else { 0 };
+            if let Some(c) = counters {
+                flags |= FLAG_COUNTERS;
+                w.u32(O_COUNTER_SLOTS, SLOTS as u32);
+                for (i, v) in c.iter().enumerate() {
+                    w.u64(O_COUNTERS + i * 8, *v);
+                }
+            }
+            w.u16(34, flags);
             w.u32(36, prev_crc);
         }
         for (i, rec) in records.iter().enumerate() {
-            let at = HEADER + i * RECORD_BYTES;
+            let at = first + i * RECORD_BYTES;
             encode_record(rec, &mut b[at..at + RECORD_BYTES]);
         }
         let crc = crc32c(&b[..CRC_AT]);
@@ -201,26 +261,47 @@ impl JournalBlock {
         let r = crate::wire::checked_block(bytes, &MAGIC, region)?;
         let count = usize::from(r.u16(32));
         let flags = r.u16(34);
-        if count > RECORDS_PER_BLOCK {
+        let counted = flags & FLAG_COUNTERS != 0;
+        let first = if counted { COUNTED_HEADER } else { HEADER };
+        if count > records_per_block(counted) {
             return Err(FormatError::BadField {
                 region,
                 field: "record_count",
                 value: count as u64,
             });
         }
-        if flags & !FLAG_COMMIT_END != 0 {
+        if flags & !(FLAG_COMMIT_END | FLAG_COUNTERS) != 0 {
             return Err(FormatError::BadField {
                 region,
                 field: "flags",
                 value: u64::from(flags),
             });
         }
-        if !r.zero(HEADER + count * RECORD_BYTES, CRC_AT) {
+        let counters = if counted {
+            if r.u32(O_COUNTER_SLOTS) != SLOTS as u32 {
+                return Err(FormatError::BadField {
+                    region,
+                    field: "counter_slots",
+                    value: u64::from(r.u32(O_COUNTER_SLOTS)),
+                });
+            }
+            if r.u32(O_COUNTER_SLOTS + 4) != 0 {
+                return Err(FormatError::ReservedNotZero { region });
+            }
+            let mut c = [0u64; SLOTS];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = r.u64(O_COUNTERS + i * 8);
+            }
+            Some(c)
+        } else {
+            None
+        };
+        if !r.zero(first + count * RECORD_BYTES, CRC_AT) {
             return Err(FormatError::ReservedNotZero { region });
         }
         let mut records = Vec::with_capacity(count);
         for i in 0..count {
-            let at = HEADER + i * RECORD_BYTES;
+            let at = first + i * RECORD_BYTES;
             records.push(decode_record(
                 &bytes[at..at + RECORD_BYTES],
                 region,
@@ -233,9 +314,23 @@ impl JournalBlock {
             commit_end: flags & FLAG_COMMIT_END != 0,
             prev_crc: r.u32(36),
             records,
+            counters,
             crc: r.u32(CRC_AT),
         })
     }
+}
+
+/// The header fields of a journal block being written.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockHead<'a> {
+    pub uuid: &'a [u8; 16],
+    pub sequence: u64,
+    /// Last block of its commit.
+    pub commit_end: bool,
+    /// Checksum of the previous block of the same commit (0 for a commit's first block).
+    pub prev_crc: u32,
+    /// The lifetime counters to carry (format version 2), or none (version 1).
+    pub counters: Option<&'a Counters>,
 }
 
 /// What a commit did.
@@ -253,6 +348,9 @@ pub enum CommitOutcome {
 #[derive(Debug, Clone)]
 pub struct Journal {
     sb: Superblock,
+    /// The superblock copy known to be durable, valid and to describe the current state:
+    /// the one recovery chose. Every update writes it last (docs/format.md, "Superblock").
+    trusted: Region,
     next_sequence: u64,
     head: u32,
     live: u32,
@@ -261,15 +359,22 @@ pub struct Journal {
 
 impl Journal {
     /// A journal continuing after recovery: `next_sequence` and `head` follow the last
-    /// complete commit, `live` blocks have been written since the checkpoint.
-    pub fn new(sb: Superblock, next_sequence: u64, head: u32, live: u32) -> Self {
+    /// complete commit, `live` blocks have been written since the checkpoint, and `trusted`
+    /// is the superblock copy recovery read `sb` from.
+    pub fn new(sb: Superblock, trusted: Region, next_sequence: u64, head: u32, live: u32) -> Self {
         Journal {
             sb,
+            trusted,
             next_sequence,
             head,
             live,
             failed: false,
         }
+    }
+
+    /// The superblock copy every update writes last.
+    pub fn trusted_copy(&self) -> Region {
+        self.trusted
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -316,7 +421,9 @@ impl Journal {
         if records.is_empty() {
             return Ok(CommitOutcome::Empty);
         }
-        let blocks = records.len().div_ceil(RECORDS_PER_BLOCK);
+        let blocks = records
+            .len()
+            .div_ceil(records_per_block(self.sb.version >= 2));
         let ring = self.sb.geometry.journal_blocks;
         let fits = u32::try_from(blocks)
             .ok()
@@ -328,7 +435,7 @@ impl Journal {
             self.checkpoint(io, view)?;
             return Ok(CommitOutcome::Checkpointed);
         };
-        let r = self.append(io, records, n);
+        let r = self.append(io, records, n, view.counters);
         self.guard(r)?;
         Ok(CommitOutcome::Journaled(n))
     }
@@ -338,6 +445,7 @@ impl Journal {
         io: &mut I,
         records: &[Record],
         n: u32,
+        counters: &Counters,
     ) -> Result<(), CommitError<I::Error>>
     where
         I::Error: core::fmt::Debug + core::fmt::Display,
@@ -347,18 +455,23 @@ impl Journal {
         // On the heap: the kernel target runs this on a 16 KiB stack.
         let mut buf = alloc::vec![0u8; META_BLOCK];
         let block = heap_block(&mut buf, Region::Journal(self.head))?;
-        for (i, chunk) in records.chunks(RECORDS_PER_BLOCK).enumerate() {
+        // Version 2 carries the counters in every block, so the commit's last block (the
+        // one replay applies it at) has them. Version 1 stays version 1 until upgraded.
+        let counters = (self.sb.version >= 2).then_some(counters);
+        for (i, chunk) in records
+            .chunks(records_per_block(counters.is_some()))
+            .enumerate()
+        {
             let i = i as u32;
             let position = (self.head + i) % ring;
-            JournalBlock::encode_into(
-                &self.sb.uuid,
-                self.next_sequence + u64::from(i),
-                i + 1 == n,
+            let head = BlockHead {
+                uuid: &self.sb.uuid,
+                sequence: self.next_sequence + u64::from(i),
+                commit_end: i + 1 == n,
                 prev_crc,
-                chunk,
-                Region::Journal(position),
-                block,
-            )?;
+                counters,
+            };
+            JournalBlock::encode_into(&head, chunk, Region::Journal(position), block)?;
             prev_crc = Reader(&block[..]).u32(CRC_AT);
             for copy in 0..2 {
                 let offset = self.sb.geometry.journal_block_offset(copy, position);
@@ -424,18 +537,24 @@ impl Journal {
         let mut sb = self.sb;
         change(&mut sb);
         sb.sequence = self.sb.sequence + 1;
-        let r = write_superblocks(io, &sb);
+        let r = write_superblocks(io, &sb, self.trusted);
         self.guard(r)?;
         self.sb = sb;
         Ok(())
     }
 }
 
-/// Write both superblock copies: A, flush, B, flush. A crash at any point leaves at least
-/// one copy that describes a complete state.
+/// Write every superblock copy: first every copy but `last`, then a flush, then `last`,
+/// then a flush. `last` must be the copy that is durable and describes the current state
+/// (the one recovery chose), so that at every instant one valid copy describes a complete
+/// state, even when the copies disagreed after an earlier crash: a copy that is stale (its
+/// checkpoint area may be the very one just overwritten) is never the only valid copy left.
+/// The copies written first need no flush between them: while they are in flight, `last`
+/// still holds the old, complete state.
 pub fn write_superblocks<I: MetaIo>(
     io: &mut I,
     sb: &Superblock,
+    last: Region,
 ) -> Result<(), CommitError<I::Error>>
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
@@ -443,10 +562,14 @@ where
     // On the heap: the kernel target runs this on a 16 KiB stack.
     let mut buf = alloc::vec![0u8; META_BLOCK];
     let bytes = heap_block(&mut buf, Region::SuperblockA)?;
-    for (offset, region) in [
-        (crate::layout::SUPERBLOCK_A, Region::SuperblockA),
-        (crate::layout::SUPERBLOCK_B, Region::SuperblockB),
-    ] {
+    let copies = crate::layout::superblock_copies(sb.version, &sb.geometry);
+    for (offset, region) in copies.iter().copied().filter(|&(_, r)| r != last) {
+        sb.encode_into(region, bytes)?;
+        io.write(offset, &bytes[..])
+            .map_err(|source| CommitError::Write { offset, source })?;
+    }
+    io.flush().map_err(CommitError::Flush)?;
+    for (offset, region) in copies.iter().copied().filter(|&(_, r)| r == last) {
         sb.encode_into(region, bytes)?;
         io.write(offset, &bytes[..])
             .map_err(|source| CommitError::Write { offset, source })?;
@@ -499,6 +622,32 @@ mod tests {
         let d = JournalBlock::decode(&b, Region::Journal(0)).unwrap();
         assert_eq!(d.records, recs);
         assert_eq!((d.sequence, d.commit_end, d.uuid), (77, true, [3; 16]));
+    }
+
+    #[test]
+    fn counted_blocks_round_trip_and_hold_fewer_records() {
+        let recs: Vec<Record> = (0..RECORDS_PER_COUNTED_BLOCK as u64)
+            .map(|lba| Record::Pending { lba, time_s: 1 })
+            .collect();
+        let mut counters = [0u64; SLOTS];
+        counters[10] = 78;
+        counters[7] = 1000;
+        let head = BlockHead {
+            uuid: &[4; 16],
+            sequence: 9,
+            commit_end: true,
+            prev_crc: 0,
+            counters: Some(&counters),
+        };
+        let mut b = [0u8; META_BLOCK];
+        JournalBlock::encode_into(&head, &recs, Region::Journal(0), &mut b).unwrap();
+        let d = JournalBlock::decode(&b, Region::Journal(0)).unwrap();
+        assert_eq!(d.counters, Some(counters));
+        assert_eq!(d.records, recs);
+        assert_eq!(d.encode_again(Region::Journal(0)).unwrap(), b);
+        let mut more = recs.clone();
+        more.push(Record::Pending { lba: 0, time_s: 0 });
+        assert!(JournalBlock::encode_into(&head, &more, Region::Journal(0), &mut b).is_err());
     }
 
     #[test]

@@ -32,6 +32,28 @@ pub const MAX_POOL_BLOCKS: u64 = u32::MAX as u64 - 1;
 
 const META: u64 = META_BLOCK as u64;
 
+/// Where the tail superblock copy of a spare device of `spare_size` bytes lies: its last
+/// whole 4 KiB block (as GPT's backup header and md's 1.0 superblock sit at the end).
+pub fn tail_superblock_offset(spare_size: u64) -> Option<u64> {
+    (spare_size / META).checked_sub(1).map(|b| b * META)
+}
+
+/// Where each superblock copy of a spare of format `version` lies, in the order an update
+/// writes them (the trusted copy is then moved last; see
+/// [`crate::journal::write_superblocks`]).
+pub fn superblock_copies(version: u32, geometry: &Geometry) -> alloc::vec::Vec<(u64, Region)> {
+    let mut v = alloc::vec![
+        (SUPERBLOCK_A, Region::SuperblockA),
+        (SUPERBLOCK_B, Region::SuperblockB),
+    ];
+    if version >= 2
+        && let Some(tail) = tail_superblock_offset(geometry.spare_size)
+    {
+        v.push((tail, Region::SuperblockTail));
+    }
+    v
+}
+
 fn align_up(x: u64, to: u64) -> Option<u64> {
     x.checked_add(to - 1).map(|v| v / to * to)
 }
@@ -93,6 +115,39 @@ impl Geometry {
         align_up(payload, META)?.checked_add(META)
     }
 
+    /// The smallest spare device that holds the metadata, one spare block and the tail
+    /// superblock copy, for this main device, block size and journal.
+    pub fn min_spare_size(
+        main_size: u64,
+        block_size: BlockSize,
+        journal_blocks: u32,
+    ) -> Option<u64> {
+        Self::smallest_for_pool(main_size, block_size, journal_blocks, 1).map(|g| g.spare_size)
+    }
+
+    /// The layout of the smallest spare device whose pool is exactly `pool_blocks` blocks:
+    /// the metadata, the pool, and the tail superblock copy after it.
+    pub fn smallest_for_pool(
+        main_size: u64,
+        block_size: BlockSize,
+        journal_blocks: u32,
+        pool_blocks: u64,
+    ) -> Option<Geometry> {
+        let g = Self::plan(
+            u64::MAX / 4,
+            main_size,
+            block_size,
+            journal_blocks,
+            Some(pool_blocks),
+        )
+        .ok()?;
+        let end = pool_blocks
+            .checked_mul(block_size.bytes_u64())?
+            .checked_add(g.pool_offset)?;
+        let spare_size = align_up(end, META)?.checked_add(META)?;
+        Some(Geometry { spare_size, ..g })
+    }
+
     /// Default journal size for a spare device: 1/64 of it, between 64 and 1024 blocks.
     pub fn default_journal_blocks(spare_size: u64) -> u32 {
         (spare_size / 64 / META).clamp(64, 1024) as u32
@@ -138,14 +193,17 @@ impl Geometry {
                 .checked_mul(block_size.bytes_u64())
                 .and_then(|b| b.checked_add(g.pool_offset))
         };
-        let build = |pool: u64| layout(pool).filter(|g| end(g).is_some_and(|e| e <= spare_size));
+        // The pool ends before the tail superblock copy.
+        let limit = tail_superblock_offset(spare_size).unwrap_or(0);
+        let build = |pool: u64| layout(pool).filter(|g| end(g).is_some_and(|e| e <= limit));
         // The largest pool that fits: monotone, so a binary search.
         let (mut lo, mut hi) = (
             0u64,
             (spare_size / block_size.bytes_u64()).min(MAX_POOL_BLOCKS),
         );
         if build(1).is_none() {
-            let needed = layout(1).as_ref().and_then(end).unwrap_or(u64::MAX);
+            let needed =
+                Self::min_spare_size(main_size, block_size, journal_blocks).unwrap_or(u64::MAX);
             return Err(PlanError::SpareTooSmall { spare_size, needed });
         }
         while lo < hi {
@@ -173,6 +231,18 @@ impl Geometry {
                 fits,
             }),
         }
+    }
+
+    /// Whether the spare pool ends before the tail superblock copy (format version 2).
+    pub fn leaves_room_for_tail(&self) -> bool {
+        let pool_end = self
+            .pool_blocks
+            .checked_mul(self.block_size.bytes_u64())
+            .and_then(|b| b.checked_add(self.pool_offset));
+        matches!(
+            (pool_end, tail_superblock_offset(self.spare_size)),
+            (Some(end), Some(tail)) if end <= tail
+        )
     }
 
     /// Byte offset of copy `copy` (0 or 1) of journal block `position`. Every journal
@@ -250,7 +320,8 @@ mod tests {
             let g = Geometry::plan(spare, 1 << 30, bs(block), 64, None).unwrap();
             g.validate(Region::SuperblockA).unwrap();
             let end = g.pool_offset + g.pool_blocks * block;
-            assert!(end <= spare);
+            assert!(end + 4096 <= spare, "the tail copy has its 4 KiB");
+            assert!(g.leaves_room_for_tail());
             // One more block would not fit.
             assert!(
                 Geometry::plan(spare, 1 << 30, bs(block), 64, Some(g.pool_blocks + 1)).is_err()

@@ -37,7 +37,11 @@ pub mod io;
 #[cfg(feature = "std")]
 pub mod open;
 #[cfg(feature = "std")]
+pub mod salvage;
+#[cfg(feature = "std")]
 pub mod store;
+#[cfg(feature = "std")]
+pub mod upgrade;
 
 pub use error::{FormatError, Region};
 pub use journal::{Journal, StateView};
@@ -51,6 +55,10 @@ pub use check::{CheckReport, RepairReport, check, repair};
 pub use create::{CreateOptions, create};
 #[cfg(feature = "std")]
 pub use open::{MetaError, OpenedDevice, inspect, open};
+#[cfg(feature = "std")]
+pub use salvage::{SalvageReport, salvage};
+#[cfg(feature = "std")]
+pub use upgrade::{UpgradeReport, upgrade};
 
 /// The unit of every metadata write: superblocks, journal blocks, checkpoint pieces.
 pub const META_BLOCK: usize = 4096;

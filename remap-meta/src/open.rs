@@ -33,6 +33,10 @@ pub enum MetaError {
     )]
     AlreadyFormatted,
     #[error(
+        "the spare device holds a valid remap superblock copy in its last 4 KiB (byte {offset}, sequence {sequence}): its head may have been overwritten and its spare blocks may hold the only copy of user data; run `remap check` first, or pass --force to format it anyway"
+    )]
+    TailCopyFound { offset: u64, sequence: u64 },
+    #[error(
         "wrong main device: the spare was formatted for a main device of {expected} bytes, this one has {actual} bytes"
     )]
     WrongMainSize { expected: u64, actual: u64 },
@@ -49,6 +53,8 @@ pub enum MetaError {
     Settings(String),
     #[error("cannot repair: {0}")]
     Unrepairable(String),
+    #[error("cannot upgrade the format: {0}")]
+    CannotUpgrade(String),
 }
 
 impl MetaError {

@@ -14,7 +14,7 @@ use crate::checkpoint::{self, LoadError};
 use crate::counters::Counters;
 use crate::error::{FormatError, Region};
 use crate::journal::{Journal, JournalBlock, MAX_COMMIT_BLOCKS, RECORDS_PER_BLOCK};
-use crate::layout::{SUPERBLOCK_A, SUPERBLOCK_B};
+use crate::layout::{SUPERBLOCK_A, SUPERBLOCK_B, tail_superblock_offset};
 use crate::superblock::Superblock;
 use crate::{META_BLOCK, MetaIo};
 
@@ -50,8 +50,14 @@ pub struct RecoveryReport {
     /// Each copy's sequence, or why it was refused.
     pub superblock_a: Result<u64, FormatError>,
     pub superblock_b: Result<u64, FormatError>,
-    /// Whether both copies decode to the same contents.
+    /// The tail copy's sequence, or why it was refused (format version 2; a version 1
+    /// spare has none).
+    pub superblock_tail: Result<u64, FormatError>,
+    /// Whether every copy the format has decodes to the same contents.
     pub superblocks_agree: bool,
+    /// Journal sequence of the commit whose lifetime counters recovery restored (format
+    /// version 2), or `None` when they come from the checkpoint.
+    pub counters_from_journal: Option<u64>,
     pub checkpoint_sequence: u64,
     pub checkpoint_entries: u64,
     pub journal_blocks_replayed: u32,
@@ -80,7 +86,9 @@ pub struct Recovered {
 pub enum RecoverError<E: core::fmt::Debug + core::fmt::Display> {
     #[error("reading {region} failed: {source}")]
     Read { region: Region, source: E },
-    #[error("no valid superblock: copy A: {a}; copy B: {b}")]
+    #[error(
+        "no valid superblock (nor a tail copy at the end of the device): copy A: {a}; copy B: {b}"
+    )]
     NoSuperblock { a: FormatError, b: FormatError },
     #[error("the spare device is {actual} bytes but was formatted with {formatted} bytes")]
     SpareShrank { formatted: u64, actual: u64 },
@@ -141,16 +149,116 @@ where
     Ok(out)
 }
 
-/// Pick the copy to trust: the valid one with the highest sequence (A on a tie).
+/// Read every superblock copy: both head copies, then the tail copy (format version 2).
+/// The tail is looked for where the newest valid head copy puts it (the last 4 KiB of the
+/// spare as formatted) and, when no head copy is valid, in the last 4 KiB of the device
+/// (`device_size` bytes), so a spare whose head was overwritten still opens. A tail copy
+/// counts only if its own geometry puts it where it was read, and, beside a valid head
+/// copy, only if it has the same uuid.
+pub fn read_superblock_copies<I: MetaIo>(
+    io: &mut I,
+    device_size: u64,
+) -> Result<[Result<Superblock, FormatError>; 3], RecoverError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    let head_copies = read_superblocks(io)?;
+    let region = Region::SuperblockTail;
+    // Only what the tail read needs, not another copy of the superblock: the kernel target
+    // runs this on a bounded stack (remap-kmod/README.md: no frame above 6 KiB).
+    let head = choose_superblock(&head_copies)
+        .ok()
+        .map(|(_, sb)| (sb.version, sb.geometry.spare_size, sb.uuid));
+    let tail = match head {
+        Some((version, _, _)) if version < 2 => Err(FormatError::BadMagic { region }),
+        Some((_, spare_size, uuid)) => read_tail(io, spare_size, device_size)?.and_then(|t| {
+            if t.uuid == uuid {
+                Ok(t)
+            } else {
+                Err(FormatError::ForeignUuid { region })
+            }
+        }),
+        None => read_tail(io, device_size, device_size)?,
+    };
+    let [a, b] = head_copies;
+    Ok([a, b, tail])
+}
+
+/// The tail copy in the last 4 KiB of a device of `device_size` bytes, whatever the head
+/// copies say.
+pub fn read_tail_at_end<I: MetaIo>(
+    io: &mut I,
+    device_size: u64,
+) -> Result<Result<Superblock, FormatError>, RecoverError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    read_tail(io, device_size, device_size)
+}
+
+/// The tail copy of a spare of `spare_size` bytes on a device of `device_size` bytes.
+fn read_tail<I: MetaIo>(
+    io: &mut I,
+    spare_size: u64,
+    device_size: u64,
+) -> Result<Result<Superblock, FormatError>, RecoverError<I::Error>>
+where
+    I::Error: core::fmt::Debug + core::fmt::Display,
+{
+    let region = Region::SuperblockTail;
+    let Some(offset) = tail_superblock_offset(spare_size).filter(|&t| {
+        t.checked_add(META_BLOCK as u64)
+            .is_some_and(|e| e <= device_size)
+    }) else {
+        return Ok(Err(FormatError::Geometry {
+            region,
+            why: "the tail copy would lie past the end of the device",
+        }));
+    };
+    let mut block = alloc::vec![0u8; META_BLOCK];
+    io.read(offset, &mut block)
+        .map_err(|source| RecoverError::Read { region, source })?;
+    Ok(Superblock::decode(&block, region).and_then(|t| {
+        if t.version < 2 || tail_superblock_offset(t.geometry.spare_size) != Some(offset) {
+            Err(FormatError::Geometry {
+                region,
+                why: "a superblock copy found where its own geometry puts no tail copy",
+            })
+        } else {
+            Ok(t)
+        }
+    }))
+}
+
+/// Pick the copy to trust: the valid one with the highest sequence (A, then B, then the
+/// tail on a tie). `copies` are A, B and optionally the tail, in that order.
 pub fn choose_superblock(
-    copies: &[Result<Superblock, FormatError>; 2],
+    copies: &[Result<Superblock, FormatError>],
 ) -> Result<(Region, Superblock), (FormatError, FormatError)> {
-    match copies {
-        [Ok(a), Ok(b)] if b.sequence > a.sequence => Ok((Region::SuperblockB, *b)),
-        [Ok(a), _] => Ok((Region::SuperblockA, *a)),
-        [Err(_), Ok(b)] => Ok((Region::SuperblockB, *b)),
-        [Err(a), Err(b)] => Err((a.clone(), b.clone())),
+    let mut best: Option<Superblock> = None;
+    for sb in copies.iter().flatten() {
+        if best.is_none_or(|b| sb.sequence > b.sequence) {
+            best = Some(*sb);
+        }
     }
+    let region = |i: usize| match i {
+        0 => Region::SuperblockA,
+        1 => Region::SuperblockB,
+        _ => Region::SuperblockTail,
+    };
+    if let Some(b) = best {
+        // The first copy holding it (A on a tie).
+        let i = copies
+            .iter()
+            .position(|c| c.as_ref().ok() == Some(&b))
+            .unwrap_or(0);
+        return Ok((region(i), b));
+    }
+    let err = |i: usize| match copies.get(i) {
+        Some(Err(e)) => e.clone(),
+        _ => FormatError::BadMagic { region: region(i) },
+    };
+    Err((err(0), err(1)))
 }
 
 /// Recover the state of the spare device behind `io`, whose current size is `device_size`.
@@ -158,9 +266,20 @@ pub fn recover<I: MetaIo>(io: &mut I, device_size: u64) -> Result<Recovered, Rec
 where
     I::Error: core::fmt::Debug + core::fmt::Display,
 {
-    let copies = read_superblocks(io)?;
-    let (used, sb) =
-        choose_superblock(&copies).map_err(|(a, b)| RecoverError::NoSuperblock { a, b })?;
+    // The copies live only in this block, so their stack space is free again for the rest
+    // (the kernel target runs this on a bounded stack).
+    let (used, sb, superblock_a, superblock_b, superblock_tail, superblocks_agree) = {
+        let copies = read_superblock_copies(io, device_size)?;
+        let (used, sb) =
+            choose_superblock(&copies).map_err(|(a, b)| RecoverError::NoSuperblock { a, b })?;
+        let sequence = |i: usize| copies[i].as_ref().map(|s| s.sequence).map_err(Clone::clone);
+        let agree = match &copies {
+            [Ok(a), Ok(b), Ok(t)] => a == b && a == t,
+            [Ok(a), Ok(b), Err(_)] => a == b && sb.version < 2,
+            _ => false,
+        };
+        (used, sb, sequence(0), sequence(1), sequence(2), agree)
+    };
     // Before anything is sized from the superblock: the device must hold what it describes.
     if device_size < sb.geometry.spare_size {
         return Err(RecoverError::SpareShrank {
@@ -171,6 +290,8 @@ where
     let loaded = checkpoint::load(io, &sb)?;
     let mut table = loaded.table;
     let mut spares = loaded.spares;
+    let mut counters = loaded.header.counters;
+    let mut counters_from_journal = None;
     let g = sb.geometry;
     let blocks = g.main_blocks();
     let ring = g.journal_blocks;
@@ -229,6 +350,7 @@ where
             break;
         }
         commit.extend_from_slice(&jb.records);
+        let block_counters = jb.counters;
         position = (position + 1) % ring;
         sequence += 1;
         if jb.commit_end {
@@ -242,6 +364,10 @@ where
                 })?;
             }
             records_replayed += commit.len() as u64;
+            if let Some(c) = block_counters {
+                counters = c;
+                counters_from_journal = Some(jb.sequence);
+            }
             commit.clear();
             live += commit_blocks;
             commit_blocks = 0;
@@ -253,9 +379,11 @@ where
     debug_assert!(commit.len() <= MAX_COMMIT_BLOCKS as usize * RECORDS_PER_BLOCK);
     let report = RecoveryReport {
         superblock_used: used,
-        superblock_a: copies[0].as_ref().map(|s| s.sequence).map_err(Clone::clone),
-        superblock_b: copies[1].as_ref().map(|s| s.sequence).map_err(Clone::clone),
-        superblocks_agree: matches!(&copies, [Ok(a), Ok(b)] if a == b),
+        superblock_a,
+        superblock_b,
+        superblock_tail,
+        superblocks_agree,
+        counters_from_journal,
         checkpoint_sequence: loaded.header.sequence,
         checkpoint_entries: loaded.header.entry_count,
         journal_blocks_replayed: live,
@@ -268,8 +396,8 @@ where
         superblock: sb,
         table,
         spares,
-        counters: loaded.header.counters,
-        journal: Journal::new(sb, next_sequence, head, live),
+        counters,
+        journal: Journal::new(sb, used, next_sequence, head, live),
         report,
     })
 }

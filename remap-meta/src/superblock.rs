@@ -1,6 +1,8 @@
-//! The superblock: identity, geometry and where recovery starts. Two copies, at 0 and 4096;
-//! both are written with the same contents on every update (A, flush, B, flush), so a torn
-//! write damages at most one and the other still describes a complete, intact state.
+//! The superblock: identity, geometry and where recovery starts. Two copies at the head, at
+//! 0 and 4096, and (version 2) a third in the last 4 KiB of the spare device. Every update
+//! writes all copies with the same contents, the copy recovery trusted last
+//! ([`crate::journal::write_superblocks`]), so a torn write damages at most the copy being
+//! written and another still describes a complete, intact state.
 
 use remap_core::{BlockSize, HealthThresholds};
 
@@ -11,11 +13,14 @@ use crate::layout::Geometry;
 use crate::wire::Writer;
 
 pub const MAGIC: [u8; 8] = *b"REMAP\0SB";
-pub const VERSION: u32 = 1;
+/// The format version this build writes when it formats a spare.
+pub const VERSION: u32 = 2;
+/// The oldest format version this build reads (and keeps writing, until upgraded).
+pub const OLDEST_VERSION: u32 = 1;
 /// Bytes of main-device identity a superblock holds.
 pub const IDENTITY_MAX: usize = 128;
-/// The most read retries a superblock may ask for (the engine's own limit).
-pub const MAX_READ_RETRIES: u32 = 16;
+/// The most read retries a superblock may ask for: the engine's own limit.
+pub use remap_core::policy::MAX_READ_RETRIES;
 /// The checksum covers everything before it.
 const CRC_AT: usize = META_BLOCK - 4;
 
@@ -150,6 +155,10 @@ impl serde::Serialize for DeviceIdentity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "std", derive(serde::Serialize))]
 pub struct Superblock {
+    /// Format version of this spare: 1 (two head copies, journal blocks without counters)
+    /// or 2 (a tail copy too, counters in every journal block). An open never changes it;
+    /// only [`crate::upgrade`] does.
+    pub version: u32,
     /// Generation of the superblock; grows by one on every update.
     pub sequence: u64,
     pub uuid: [u8; 16],
@@ -185,6 +194,15 @@ impl Superblock {
                 value,
             })
         };
+        if !(OLDEST_VERSION..=VERSION).contains(&self.version) {
+            return bad("version", u64::from(self.version));
+        }
+        if self.version >= 2 && !self.geometry.leaves_room_for_tail() {
+            return Err(FormatError::Geometry {
+                region,
+                why: "spare pool overlaps the tail superblock copy",
+            });
+        }
         if self.sequence == 0 {
             return bad("sequence", 0);
         }
@@ -227,7 +245,7 @@ impl Superblock {
         let mut w = Writer(b);
         let g = &self.geometry;
         w.bytes(O_MAGIC, &MAGIC);
-        w.u32(O_VERSION, VERSION);
+        w.u32(O_VERSION, self.version);
         w.u32(O_META_BLOCK, META_BLOCK as u32);
         w.u64(O_SEQUENCE, self.sequence);
         w.bytes(O_UUID, &self.uuid);
@@ -271,7 +289,7 @@ impl Superblock {
     pub fn decode(bytes: &[u8], region: Region) -> Result<Superblock, FormatError> {
         let r = crate::wire::checked_block(bytes, &MAGIC, region)?;
         let version = r.u32(O_VERSION);
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion {
                 region,
                 found: version,
@@ -307,6 +325,7 @@ impl Superblock {
         }
         let identity = DeviceIdentity::new(kind, &bytes[O_IDENTITY..O_IDENTITY + id_len]);
         let sb = Superblock {
+            version,
             sequence: r.u64(O_SEQUENCE),
             uuid: r.bytes(O_UUID),
             created_ns: r.u64(O_CREATED),
@@ -360,6 +379,7 @@ pub(crate) mod tests {
         let geometry =
             Geometry::plan(32 << 20, 1 << 30, BlockSize::new(4096).unwrap(), 64, None).unwrap();
         Superblock {
+            version: VERSION,
             sequence: 7,
             uuid: [0xAB; 16],
             created_ns: 1_700_000_000_000_000_000,
@@ -376,18 +396,33 @@ pub(crate) mod tests {
         }
     }
 
-    #[cfg(feature = "std")]
-    #[test]
-    fn retry_limit_matches_the_engine() {
-        assert_eq!(MAX_READ_RETRIES, remap_core::device::MAX_READ_RETRIES);
-    }
-
     #[test]
     fn round_trips() {
         let sb = sample();
         let bytes = sb.encode(Region::SuperblockA).unwrap();
         assert_eq!(Superblock::decode(&bytes, Region::SuperblockA).unwrap(), sb);
         assert!(Superblock::has_magic(&bytes));
+        let v1 = Superblock { version: 1, ..sb };
+        let bytes = v1.encode(Region::SuperblockB).unwrap();
+        assert_eq!(Superblock::decode(&bytes, Region::SuperblockB).unwrap(), v1);
+    }
+
+    #[test]
+    fn version_two_keeps_the_tail_free() {
+        let mut sb = sample();
+        sb.geometry.pool_blocks += 1;
+        assert!(!sb.geometry.leaves_room_for_tail());
+        if sb.geometry.validate(Region::SuperblockA).is_ok() {
+            assert!(sb.encode(Region::SuperblockA).is_err());
+            assert!(
+                Superblock { version: 1, ..sb }
+                    .encode(Region::SuperblockA)
+                    .is_ok()
+            );
+        }
+        let mut sb = sample();
+        sb.version = 3;
+        assert!(sb.encode(Region::SuperblockA).is_err());
     }
 
     #[test]

@@ -99,17 +99,3 @@ impl Writer<'_> {
         self.put(at, v);
     }
 }
-
-/// A 4 KiB heap buffer viewed as a block (the length is right by construction; the error
-/// keeps the conversion total).
-pub(crate) fn heap_block(
-    buf: &mut [u8],
-    region: Region,
-) -> Result<&mut [u8; META_BLOCK], FormatError> {
-    let len = buf.len();
-    buf.try_into().map_err(|_| FormatError::BadLength {
-        region,
-        len,
-        expected: META_BLOCK,
-    })
-}

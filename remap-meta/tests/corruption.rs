@@ -110,12 +110,31 @@ enum Outcome {
     Refused(fn(&MetaError) -> bool),
 }
 
+/// Overwrite `ranges` (offset, length) of the spare image with garbage: a region destroyed
+/// whole.
+fn destroy(path: &Path, ranges: &[(u64, u64)]) {
+    let mut bytes = fs::read(path).unwrap();
+    for &(at, len) in ranges {
+        for (i, b) in bytes[at as usize..(at + len) as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            *b = 0xA5 ^ (i as u8);
+        }
+    }
+    fs::write(path, bytes).unwrap();
+}
+
 fn case(p: &Pristine, name: &str, offsets: &[u64], want: Outcome) {
+    case_with(p, name, |spare| corrupt(spare, offsets), want);
+}
+
+fn case_with(p: &Pristine, name: &str, damage: impl FnOnce(&Path), want: Outcome) {
     let dir = tempfile::tempdir().unwrap();
     let (main, spare) = (dir.path().join("main.img"), dir.path().join("spare.img"));
     fs::copy(&p.main, &main).unwrap();
     fs::copy(&p.spare, &spare).unwrap();
-    corrupt(&spare, offsets);
+    damage(&spare);
     let before = (sha(&main), sha(&spare));
     let result = open(
         FileBackend::open(&main).unwrap(),
@@ -163,16 +182,27 @@ fn superblocks_one_at_a_time_and_both() {
             );
         }
     }
+    // Both head copies: the tail copy (format version 2) opens the device.
+    case(&p, "both head superblocks", &[8, 4096 + 8], Outcome::Same);
     case(
         &p,
-        "both superblocks",
-        &[8, 4096 + 8],
-        Outcome::Refused(no_superblock),
-    );
-    case(
-        &p,
-        "both superblocks (crc)",
+        "both head superblocks (crc)",
         &[4095, 8191],
+        Outcome::Same,
+    );
+    let tail = SPARE_BYTES - 4096;
+    for at in [0u64, 20, 4095] {
+        case(
+            &p,
+            &format!("tail superblock byte {at}"),
+            &[tail + at],
+            Outcome::Same,
+        );
+    }
+    case(
+        &p,
+        "all three superblock copies",
+        &[8, 4096 + 8, tail + 8],
         Outcome::Refused(no_superblock),
     );
 }
@@ -282,18 +312,194 @@ fn check_reports_and_repair_rewrites_bad_copies() {
     assert_eq!(rec.table.iter().collect::<Vec<_>>(), p.table);
 }
 
+/// The spares of the pristine pair, in the order remaps took them: block `lba` (0..13) on
+/// spare `lba`.
+fn pristine_spare(lba: u64) -> u64 {
+    lba
+}
+
+/// Each area destroyed whole, one at a time: every superblock copy, all head copies, the
+/// inactive checkpoint area and each journal ring copy open to the same table; the active
+/// checkpoint area is refused by open (files unchanged) and then salvaged.
 #[test]
-fn repair_refuses_to_invent_a_table() {
+fn each_area_destroyed_whole() {
+    let p = pristine();
+    let g = p.sb.geometry;
+    let meta = 4096u64;
+    let ring_bytes = u64::from(g.journal_blocks) * meta;
+    let tail = SPARE_BYTES - meta;
+    let inactive = g.checkpoint_offsets[usize::from(1 - p.sb.active_checkpoint)];
+    for (name, ranges) in [
+        ("superblock A whole", vec![(0, meta)]),
+        ("superblock B whole", vec![(meta, meta)]),
+        ("tail superblock whole", vec![(tail, meta)]),
+        ("both head superblocks whole", vec![(0, 2 * meta)]),
+        (
+            "inactive checkpoint area whole",
+            vec![(inactive, g.checkpoint_area_bytes)],
+        ),
+        (
+            "journal ring copy 0 whole",
+            vec![(g.journal_block_offset(0, 0), ring_bytes)],
+        ),
+        (
+            "journal ring copy 1 whole",
+            vec![(g.journal_block_offset(1, 0), ring_bytes)],
+        ),
+    ] {
+        case_with(&p, name, |s| destroy(s, &ranges), Outcome::Same);
+    }
+    case_with(
+        &p,
+        "every superblock copy whole",
+        |s| destroy(s, &[(0, 2 * meta), (tail, meta)]),
+        Outcome::Refused(no_superblock),
+    );
+    let active = g.checkpoint_offsets[usize::from(p.sb.active_checkpoint)];
+    case_with(
+        &p,
+        "active checkpoint area whole",
+        |s| destroy(s, &[(active, g.checkpoint_area_bytes)]),
+        Outcome::Refused(checkpoint_error),
+    );
+}
+
+/// A salvage of `damage`d copy of the pristine pair: the report, the table after, and the
+/// data of every block still remapped.
+fn salvaged(
+    p: &Pristine,
+    damage: impl FnOnce(&Path),
+) -> (remap_meta::SalvageReport, Vec<(u64, Entry)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (main, spare) = (dir.path().join("main.img"), dir.path().join("spare.img"));
+    fs::copy(&p.main, &main).unwrap();
+    fs::copy(&p.spare, &spare).unwrap();
+    damage(&spare);
+    let s = FileBackend::open(&spare).unwrap();
+    assert!(inspect(&s).is_err(), "the damage makes recovery refuse");
+    let repaired = remap_meta::repair(&s).unwrap();
+    let report = repaired.salvage.clone().expect("repair salvaged");
+    assert!(report.written);
+    assert!(
+        repaired.after.recovery.is_ok(),
+        "{:?}",
+        repaired.after.recovery
+    );
+    drop(s);
+    let opened = open(
+        FileBackend::open(&main).unwrap(),
+        Arc::new(FileBackend::open(&spare).unwrap()),
+        &DeviceIdentity::NONE,
+        Arc::new(ManualClock::new(9_000_000_000)),
+    )
+    .unwrap();
+    let table = opened.device.entries(0, u64::MAX);
+    for (lba, e) in &table {
+        if e.is_remapped() {
+            let mut buf = vec![0u8; BS as usize];
+            opened.device.read(lba * BS, &mut buf).unwrap();
+            assert_eq!(buf, vec![*lba as u8; BS as usize], "block {lba} data");
+        }
+    }
+    (report, table)
+}
+
+/// The active checkpoint destroyed whole: salvage starts from the older checkpoint (the
+/// empty one `create` wrote), applies the commits still in the ring, and names the commits
+/// whose records are gone (1..=5, overwritten by the ring's next lap, and 9, the commit the
+/// checkpoint was written instead of). Their blocks cannot be named; every spare they may
+/// have used is quarantined.
+#[test]
+fn salvage_after_the_active_checkpoint_is_destroyed() {
+    let p = pristine();
+    let g = p.sb.geometry;
+    let active = g.checkpoint_offsets[usize::from(p.sb.active_checkpoint)];
+    let (report, table) = salvaged(&p, |s| destroy(s, &[(active, g.checkpoint_area_bytes)]));
+    assert!(!report.base_is_active);
+    assert_eq!(report.base_sequence, 1);
+    let runs: Vec<_> = report
+        .lost
+        .iter()
+        .map(|l| (l.first_sequence, l.last_sequence, l.blocks.clone()))
+        .collect();
+    assert_eq!(runs, vec![(1, 5, vec![]), (9, 9, vec![])], "{report:?}");
+    assert_eq!(report.unidentified_lost_commits, 6);
+    assert!(!report.is_complete());
+    // Blocks 0..=4 and 8 lost their mapping: exactly the unidentified commits' blocks.
+    let lost_blocks = [0u64, 1, 2, 3, 4, 8];
+    let expected: Vec<_> = p
+        .table
+        .iter()
+        .filter(|(lba, _)| !lost_blocks.contains(lba))
+        .cloned()
+        .collect();
+    assert_eq!(
+        table.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        expected.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+    );
+    let mut quarantined = report.quarantined_spares.clone();
+    quarantined.sort_unstable();
+    assert_eq!(
+        quarantined,
+        lost_blocks.map(pristine_spare).to_vec(),
+        "the spares holding the lost blocks' data are kept out of service"
+    );
+}
+
+/// Both copies of the first live journal block destroyed: salvage keeps the active
+/// checkpoint, loses exactly that commit (block 9's remap) and applies the rest.
+#[test]
+fn salvage_after_a_journal_block_is_destroyed_in_both_copies() {
+    let p = pristine();
+    let g = p.sb.geometry;
+    let first = p.sb.journal_start_position;
+    let (report, table) = salvaged(&p, |s| {
+        destroy(
+            s,
+            &[
+                (g.journal_block_offset(0, first), 4096),
+                (g.journal_block_offset(1, first), 4096),
+            ],
+        )
+    });
+    assert!(report.base_is_active);
+    let seq = p.sb.journal_start_sequence;
+    assert_eq!(report.lost.len(), 1);
+    assert_eq!(
+        (report.lost[0].first_sequence, report.lost[0].last_sequence),
+        (seq, seq)
+    );
+    assert_eq!(report.unidentified_lost_commits, 1);
+    let expected: Vec<u64> = p
+        .table
+        .iter()
+        .map(|(l, _)| *l)
+        .filter(|&l| l != 9)
+        .collect();
+    assert_eq!(table.iter().map(|(l, _)| *l).collect::<Vec<_>>(), expected);
+    assert!(report.quarantined_spares.contains(&pristine_spare(9)));
+}
+
+/// Nothing to rebuild from: both checkpoint areas destroyed. Repair refuses and writes
+/// nothing.
+#[test]
+fn repair_refuses_when_both_checkpoints_are_gone() {
     let p = pristine();
     let dir = tempfile::tempdir().unwrap();
     let spare = dir.path().join("spare.img");
     fs::copy(&p.spare, &spare).unwrap();
-    let active = p.sb.geometry.checkpoint_offsets[usize::from(p.sb.active_checkpoint)];
-    corrupt(&spare, &[active + 4096 + 3]);
+    let g = p.sb.geometry;
+    destroy(
+        &spare,
+        &[
+            (g.checkpoint_offsets[0], g.checkpoint_area_bytes),
+            (g.checkpoint_offsets[1], g.checkpoint_area_bytes),
+        ],
+    );
     let before = sha(&spare);
     let s = FileBackend::open(&spare).unwrap();
     let err = remap_meta::repair(&s).unwrap_err();
     assert!(matches!(err, MetaError::Unrepairable(_)), "{err}");
-    assert!(err.to_string().contains("never invents a table"));
+    assert!(err.to_string().contains("never invents a table"), "{err}");
     assert_eq!(sha(&spare), before);
 }

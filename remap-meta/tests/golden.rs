@@ -1,10 +1,12 @@
-//! Golden images of format version 1, checked in. Two promises:
+//! Golden images of format versions 1 and 2, checked in. Three promises:
 //!
-//! 1. This build decodes the checked-in image to exactly the state it was made with (so a
-//!    spare written by an older build keeps working);
-//! 2. this build, doing the same thing, writes exactly the same bytes (so any change to the
-//!    format shows up here and is a deliberate act: bump the version, keep a decoder for the
-//!    old one, and regenerate with `REMAP_BLESS=1 cargo test -p remap-meta --test golden`).
+//! 1. This build decodes both checked-in images to exactly the state they were made with (so
+//!    a spare written by an older build keeps working);
+//! 2. this build, doing the same thing, writes exactly the version 2 bytes (so any change to
+//!    the format shows up here and is a deliberate act: bump the version, keep a decoder for
+//!    the old one, and regenerate with `REMAP_BLESS=1 cargo test -p remap-meta --test golden`);
+//! 3. a version 1 spare stays version 1 however it is used, and becomes version 2 only through
+//!    `remap_meta::upgrade`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +23,10 @@ const UUID: [u8; 16] = *b"remap-golden-v1!";
 
 fn golden_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v1-spare.bin")
+}
+
+fn golden_v2_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v2-spare.bin")
 }
 
 fn pattern(lba: u64) -> Vec<u8> {
@@ -67,6 +73,98 @@ fn build() -> Vec<u8> {
 #[test]
 fn golden_v1_decodes_to_the_state_it_was_made_with() {
     let bytes = std::fs::read(golden_path()).expect("golden image is checked in");
+    let rec = assert_golden_state(bytes);
+    assert_eq!(rec.superblock.version, 1);
+    assert!(
+        rec.report.superblock_tail.is_err(),
+        "version 1 has no tail copy"
+    );
+    assert_eq!(rec.report.counters_from_journal, None);
+}
+
+#[test]
+fn golden_v2_decodes_to_the_state_it_was_made_with() {
+    let bytes = std::fs::read(golden_v2_path()).expect("golden image is checked in");
+    let rec = assert_golden_state(bytes);
+    assert_eq!(rec.superblock.version, 2);
+    assert_eq!(rec.report.superblock_tail, Ok(rec.superblock.sequence));
+    assert!(rec.report.superblocks_agree);
+    // The counters come from the last journal commit, not the older checkpoint.
+    assert!(rec.report.counters_from_journal.is_some());
+    let stats = remap_meta::counters::to_snapshot(&rec.counters);
+    assert_eq!(stats.main_write_errors, 5, "five failed main writes");
+    assert_eq!(stats.remaps, 5);
+}
+
+/// A version 1 spare used by this build keeps its version (two copies, journal blocks
+/// without counters); `upgrade` makes it version 2 with the same table and data.
+#[test]
+fn golden_v1_stays_v1_in_use_and_upgrades_only_on_request() {
+    let bytes = std::fs::read(golden_path()).expect("golden image is checked in");
+    let spare = Arc::new(FaultyBackend::new(MemBackend::from_vec(bytes), BS));
+    let identity = DeviceIdentity::new(IdentityKind::Serial, b"GOLDEN-DISK-0001");
+    {
+        let main = FaultyBackend::new(MemBackend::new(MAIN_BYTES as usize), BS);
+        let dev = open(
+            main,
+            spare.clone(),
+            &identity,
+            Arc::new(ManualClock::new(0)),
+        )
+        .unwrap()
+        .device;
+        dev.main().fail_writes([40]);
+        dev.write(40 * BS, &pattern(40)).unwrap();
+        dev.checkpoint().unwrap();
+        dev.main().fail_writes([41]);
+        dev.write(41 * BS, &pattern(41)).unwrap();
+    }
+    let rec = inspect(spare.inner()).unwrap();
+    assert_eq!(rec.superblock.version, 1, "an open never upgrades");
+    assert_eq!(rec.report.counters_from_journal, None);
+    let tail_at = spare.inner().to_vec().len() - BS as usize;
+    let table: Vec<_> = rec.table.iter().collect();
+    let report = remap_meta::upgrade(spare.inner()).unwrap();
+    assert_eq!((report.from_version, report.to_version), (1, 2));
+    assert!(!report.unchanged);
+    assert_eq!(report.tail_offset, tail_at as u64);
+    let up = inspect(spare.inner()).unwrap();
+    assert_eq!(up.superblock.version, 2);
+    assert_eq!(up.report.superblock_tail, Ok(up.superblock.sequence));
+    assert_eq!(up.table.iter().collect::<Vec<_>>(), table);
+    assert_eq!(up.counters, rec.counters);
+    // A second upgrade writes nothing.
+    let before = spare.inner().to_vec();
+    assert!(remap_meta::upgrade(spare.inner()).unwrap().unchanged);
+    assert_eq!(spare.inner().to_vec(), before);
+    // The data is where it was; the head copies can go now.
+    let main = MemBackend::new(MAIN_BYTES as usize);
+    let dev = open(
+        main,
+        spare.clone(),
+        &identity,
+        Arc::new(ManualClock::new(0)),
+    )
+    .unwrap()
+    .device;
+    for lba in [1u64, 2, 3, 10, 30, 40, 41] {
+        let mut buf = vec![0u8; BS as usize];
+        dev.read(lba * BS, &mut buf).unwrap();
+        assert_eq!(buf, pattern(lba), "block {lba}");
+    }
+    drop(dev);
+    let mut wiped = spare.inner().to_vec();
+    wiped[..8192].fill(0);
+    let rec = inspect(&MemBackend::from_vec(wiped)).unwrap();
+    assert_eq!(
+        rec.report.superblock_used,
+        remap_meta::Region::SuperblockTail
+    );
+    assert_eq!(rec.table.iter().collect::<Vec<_>>(), table);
+}
+
+/// Decode a golden image and check the state it was built with; returns the recovery.
+fn assert_golden_state(bytes: Vec<u8>) -> remap_meta::Recovered {
     let spare = Arc::new(MemBackend::from_vec(bytes));
     let rec = inspect(&*spare).unwrap();
     let sb = rec.superblock;
@@ -112,22 +210,23 @@ fn golden_v1_decodes_to_the_state_it_was_made_with() {
         assert_eq!(buf, pattern(lba), "block {lba}");
     }
     assert!(dev.read(20 * BS, &mut [0u8; BS as usize]).is_err());
+    rec
 }
 
 #[test]
-fn this_build_writes_golden_v1_byte_for_byte() {
+fn this_build_writes_golden_v2_byte_for_byte() {
     let built = build();
     if std::env::var_os("REMAP_BLESS").is_some() {
-        std::fs::create_dir_all(golden_path().parent().unwrap()).unwrap();
-        std::fs::write(golden_path(), &built).unwrap();
+        std::fs::create_dir_all(golden_v2_path().parent().unwrap()).unwrap();
+        std::fs::write(golden_v2_path(), &built).unwrap();
         return;
     }
-    let golden = std::fs::read(golden_path()).expect("golden image is checked in");
+    let golden = std::fs::read(golden_v2_path()).expect("golden image is checked in");
     assert_eq!(built.len(), golden.len());
     if let Some(at) = built.iter().zip(&golden).position(|(a, b)| a != b) {
         panic!(
             "this build writes a different image (first difference at byte {at}): the on-disk \
-             format changed. Bump the format version and keep reading version 1, then \
+             format changed. Bump the format version and keep reading versions 1 and 2, then \
              regenerate with REMAP_BLESS=1."
         );
     }

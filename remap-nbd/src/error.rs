@@ -53,8 +53,6 @@ pub enum ProtoError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    #[error("sending the greeting failed: {0}")]
-    SendGreeting(#[source] io::Error),
     #[error("reading the client flags failed: {0}")]
     ReadClientFlags(#[source] io::Error),
     #[error("client sent flags {flags:#x}, which include flags this server does not know")]
@@ -82,6 +80,15 @@ pub enum HandshakeError {
     UnknownExport { name: String },
     #[error("client sent more than {max} options")]
     TooManyOptions { max: u32 },
+    #[error(
+        "option {option} announced {len} bytes of data, above this server's limit of {max}; \
+         closed without reading it"
+    )]
+    OptionTooLong { option: u32, len: u32, max: u32 },
+    #[error("the server is serving its limit of {max} connections")]
+    NoSlot { max: usize },
+    #[error("closed by the server (negotiation deadline, or room made for a newer client)")]
+    Closed,
 }
 
 /// Why the transmission phase of a connection ended other than by `NBD_CMD_DISC`.

@@ -3,8 +3,12 @@
 //!
 //! Every option the server does not implement (STARTTLS included) gets an error reply and
 //! the connection stays usable. Option data is read only after its length has been checked
-//! against [`MAX_OPTION_LEN`]; longer options are skipped unread and refused with
-//! `NBD_REP_ERR_TOO_BIG`.
+//! against [`MAX_OPTION_LEN`]; a longer option gets `NBD_REP_ERR_TOO_BIG` and the connection
+//! is closed without reading any of its data (waiting for gigabytes a client announced is
+//! how one client would hold a slot).
+//!
+//! The greeting is sent by the server's accept loop ([`greeting_bytes`]), which holds a new
+//! connection without a thread until the client answers it.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,10 +35,20 @@ pub(crate) struct Negotiated {
     pub flags: u16,
 }
 
+/// The greeting a new connection gets, before anything is read from it.
+pub(crate) fn greeting_bytes() -> [u8; crate::proto::GREETING_LEN] {
+    greeting(handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES)
+}
+
+/// Takes a transmission slot for the connection when the client picks the export; an error
+/// (no slot free) refuses the export and ends the connection.
+pub(crate) type Admit<'a> = &'a mut dyn FnMut() -> Result<(), HandshakeError>;
+
 /// Option-haggling state.
 struct Haggle<'a, W> {
     out: W,
     export: &'a Export,
+    admit: Admit<'a>,
     structured: bool,
     contexts: Vec<MetaContext>,
     reply: Vec<u8>,
@@ -123,6 +137,14 @@ impl<W: Write> Haggle<'_, W> {
                 &s.maximum.to_be_bytes(),
             ],
         );
+        if option == option::GO
+            && let Err(e) = (self.admit)()
+        {
+            self.reply.clear();
+            // The client may already be gone; the reply is a courtesy.
+            let _ = self.error(option, reply::ERR_POLICY, &e.to_string());
+            return Err(e);
+        }
         put_option_reply(&mut self.reply, option, reply::ACK, &[]);
         self.send(option)?;
         Ok(true)
@@ -196,8 +218,9 @@ fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
-/// Negotiate on a fresh connection. On success the connection is in the transmission phase
-/// with the returned settings; on error it must be closed.
+/// Negotiate on a connection that has been sent [`greeting_bytes`]. On success the
+/// connection is in the transmission phase with the returned settings; on error it must be
+/// closed. `admit` is called when the client picks the export, before the reply.
 ///
 /// `shutting_down` makes every further option fail with `NBD_REP_ERR_SHUTDOWN` (the client
 /// is then expected to leave).
@@ -206,19 +229,16 @@ pub(crate) fn negotiate<R: Read, W: Write>(
     output: W,
     export: &Export,
     shutting_down: &AtomicBool,
+    admit: Admit<'_>,
 ) -> Result<Negotiated, HandshakeError> {
     let mut h = Haggle {
         out: output,
         export,
+        admit,
         structured: false,
         contexts: Vec::new(),
         reply: Vec::with_capacity(256),
     };
-    h.out
-        .write_all(&greeting(
-            handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES,
-        ))
-        .map_err(HandshakeError::SendGreeting)?;
     let flags = read_u32(input).map_err(HandshakeError::ReadClientFlags)?;
     if flags & !client_flags::KNOWN != 0 {
         return Err(HandshakeError::UnknownClientFlags { flags });
@@ -239,26 +259,23 @@ pub(crate) fn negotiate<R: Read, W: Write>(
             source,
         };
         if len > MAX_OPTION_LEN {
-            // Skip the data without holding it, so the stream stays in step.
-            let skipped = io::copy(&mut input.by_ref().take(len.into()), &mut io::sink())
-                .map_err(read_err)?;
-            if skipped != u64::from(len) {
-                return Err(read_err(io::ErrorKind::UnexpectedEof.into()));
+            // Read none of it: the reply is a courtesy (EXPORT_NAME has no error reply), and
+            // the connection ends.
+            if option != option::EXPORT_NAME {
+                let _ = h.error(
+                    option,
+                    reply::ERR_TOO_BIG,
+                    &format!(
+                        "option data of {len} bytes is above this server's limit of \
+                         {MAX_OPTION_LEN}; closing"
+                    ),
+                );
             }
-            if option == option::EXPORT_NAME {
-                // No error reply exists for EXPORT_NAME: hang up, as the spec requires.
-                return Err(HandshakeError::UnknownExport {
-                    name: format!("<{len} bytes>"),
-                });
-            }
-            h.error(
+            return Err(HandshakeError::OptionTooLong {
                 option,
-                reply::ERR_TOO_BIG,
-                &format!(
-                    "option data of {len} bytes is above this server's limit of {MAX_OPTION_LEN}"
-                ),
-            )?;
-            continue;
+                len,
+                max: MAX_OPTION_LEN,
+            });
         }
         // Bounded by MAX_OPTION_LEN just above.
         data.resize(len as usize, 0);
@@ -275,6 +292,8 @@ pub(crate) fn negotiate<R: Read, W: Write>(
                         name: String::from_utf8_lossy(&data).into_owned(),
                     });
                 }
+                // No error reply exists for EXPORT_NAME: without a slot, hang up.
+                (h.admit)()?;
                 let flags = export.transmission_flags(h.structured);
                 let mut b = Vec::with_capacity(10 + 124);
                 b.extend_from_slice(&export.size.to_be_bytes());
@@ -433,8 +452,14 @@ mod tests {
 
     fn run(export: &Export, client: &[u8]) -> (Result<Negotiated, HandshakeError>, Vec<u8>) {
         let mut input = client;
-        let mut out = Vec::new();
-        let r = negotiate(&mut input, &mut out, export, &AtomicBool::new(false));
+        let mut out = greeting_bytes().to_vec();
+        let r = negotiate(
+            &mut input,
+            &mut out,
+            export,
+            &AtomicBool::new(false),
+            &mut || Ok(()),
+        );
         (r, out)
     }
 
@@ -588,17 +613,10 @@ mod tests {
     }
 
     #[test]
-    fn huge_option_is_skipped_and_refused() {
+    fn huge_option_is_refused_and_ends_the_connection_unread() {
         let e = export(false);
-        let big = vec![7u8; MAX_OPTION_LEN as usize + 1];
-        let c = client(
-            1,
-            &[opt(option::GO, &big), opt(option::GO, &go_data(b"", &[]))],
-        );
-        let (r, out) = run(&e, &c);
-        assert!(r.is_ok());
-        assert_eq!(replies(&out)[0].1, reply::ERR_TOO_BIG);
-        // A claimed length with no data behind it: an I/O error, nothing allocated for it.
+        // A claimed length with no data behind it: refused at once, nothing read or
+        // allocated for it, and the options after it are never looked at.
         let mut c = client(1, &[]);
         c.extend_from_slice(
             &OptionHeader {
@@ -607,11 +625,70 @@ mod tests {
             }
             .encode(),
         );
-        let (r, _) = run(&e, &c);
+        c.extend_from_slice(&opt(option::GO, &go_data(b"", &[])));
+        let (r, out) = run(&e, &c);
         assert!(matches!(
             r,
-            Err(HandshakeError::ReadOptionData { len: u32::MAX, .. })
+            Err(HandshakeError::OptionTooLong {
+                option: option::GO,
+                len: u32::MAX,
+                max: MAX_OPTION_LEN
+            })
         ));
+        assert_eq!(replies(&out).len(), 1);
+        assert_eq!(replies(&out)[0].1, reply::ERR_TOO_BIG);
+        // At the limit it is read (and refused as malformed; the connection goes on).
+        let c = client(
+            1,
+            &[
+                opt(option::GO, &vec![7u8; MAX_OPTION_LEN as usize]),
+                opt(option::GO, &go_data(b"", &[])),
+            ],
+        );
+        let (r, out) = run(&e, &c);
+        assert!(r.is_ok());
+        assert_ne!(replies(&out)[0].1 & (1 << 31), 0, "an error reply");
+        // EXPORT_NAME has no error reply: closed without one.
+        let mut c = client(1, &[]);
+        c.extend_from_slice(
+            &OptionHeader {
+                option: option::EXPORT_NAME,
+                len: MAX_OPTION_LEN + 1,
+            }
+            .encode(),
+        );
+        let (r, out) = run(&e, &c);
+        assert!(matches!(r, Err(HandshakeError::OptionTooLong { .. })));
+        assert!(replies(&out).is_empty());
+    }
+
+    #[test]
+    fn no_transmission_slot_refuses_go_and_export_name() {
+        let e = export(false);
+        let full = || Err(HandshakeError::NoSlot { max: 3 });
+        for (option, data) in [
+            (option::GO, go_data(b"", &[])),
+            (option::EXPORT_NAME, Vec::new()),
+        ] {
+            let c = client(1, &[opt(option, &data)]);
+            let mut input = &c[..];
+            let mut out = greeting_bytes().to_vec();
+            let r = negotiate(
+                &mut input,
+                &mut out,
+                &e,
+                &AtomicBool::new(false),
+                &mut full.clone(),
+            );
+            assert!(matches!(r, Err(HandshakeError::NoSlot { max: 3 })));
+            let types: Vec<u32> = replies(&out).iter().map(|x| x.1).collect();
+            let expected = if option == option::GO {
+                vec![reply::ERR_POLICY]
+            } else {
+                vec![]
+            };
+            assert_eq!(types, expected, "option {option}");
+        }
     }
 
     #[test]

@@ -41,10 +41,6 @@ impl<R: Read> Input<R> {
         }
     }
 
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
     /// Whether the peer closed the stream cleanly before sending anything more. Waits for
     /// at least one byte otherwise.
     pub fn at_eof(&mut self) -> io::Result<bool> {

@@ -9,7 +9,10 @@
 //!   requests in flight, replies out of order;
 //! - [`block_status`]: the `base:allocation` and `remap:state` contexts and the
 //!   [`BlockStateSource`] trait;
-//! - [`server`]: TCP and Unix listeners, connection limits, graceful shutdown.
+//! - [`server`]: TCP and Unix listeners, graceful shutdown;
+//! - `admission`: connection slots by phase (waiting, negotiating, established), the
+//!   negotiation deadline, and who is closed to make room;
+//! - `refusals`: connections closed before negotiating, logged as one summary per interval.
 //!
 //! # Guarantees
 //!
@@ -33,12 +36,15 @@
 //! `SIGPIPE` itself.
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod block_status;
+mod buffers;
 pub mod error;
 mod export;
 mod handshake;
 mod input;
 pub mod proto;
+mod refusals;
 pub mod server;
 mod socket;
 mod transmission;

@@ -138,8 +138,8 @@ pub const OFFSET_DATA_HEADER_LEN: usize = CHUNK_HEADER_LEN + 8;
 /// The longest string the spec allows (export names, queries, messages).
 pub const MAX_STRING_LEN: usize = 4096;
 /// The longest option payload this server reads. Every option it understands fits easily
-/// (a GO names one export of at most 4096 bytes); longer ones are discarded unread and
-/// answered with `NBD_REP_ERR_TOO_BIG`.
+/// (a GO names one export of at most 4096 bytes); a longer one is answered with
+/// `NBD_REP_ERR_TOO_BIG` and the connection is closed without reading its data.
 pub const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// The most queries one `LIST_META_CONTEXT` / `SET_META_CONTEXT` may carry.
 pub const MAX_META_QUERIES: u32 = 128;

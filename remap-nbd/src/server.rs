@@ -16,7 +16,7 @@
 //! # Ok::<(), remap_nbd::ServerError>(())
 //! ```
 
-use std::collections::HashMap;
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -29,13 +29,16 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use remap_core::BlockBackend;
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
+use crate::admission::{Slots, Waiting, WaitingPool};
 use crate::block_status::BlockStateSource;
-use crate::error::ServerError;
+use crate::buffers::BufferPool;
+use crate::error::{HandshakeError, ServerError};
 use crate::export::{BlockSizes, Export, check_wire_string};
 use crate::handshake;
 use crate::input::Input;
+use crate::refusals::{Refusal, RefusalLog};
 use crate::socket::{Socket, SocketReader};
 use crate::transmission::{Connection, End, Limits};
 
@@ -79,14 +82,25 @@ pub struct ServerConfig {
     pub block_size: u32,
     /// Largest read or write payload (advertised as the maximum block size).
     pub max_request_bytes: u32,
-    /// Connections served at once; more are accepted and closed at once.
+    /// Connections in the transmission phase at once; while this many are served, new
+    /// connections are accepted and closed at once.
     pub max_connections: usize,
+    /// Connections greeted that have not sent anything yet, held without a thread; when
+    /// full, the oldest is closed to make room.
+    pub max_waiting: usize,
+    /// Connections negotiating at once (a thread each); when full, the one negotiating
+    /// longest is closed to make room.
+    pub max_negotiating: usize,
     /// Requests in flight per connection (worker threads, started on demand).
     pub workers_per_connection: usize,
     /// Payload bytes in flight per connection.
     pub max_inflight_bytes: u64,
-    /// Time a client may take to finish negotiating (all of it, not per read).
+    /// Time from accept to the end of negotiation (all of it, reads and writes, not per
+    /// read); then the connection is closed and its slot freed.
     pub handshake_timeout: Duration,
+    /// Connections closed before negotiating are counted and logged as one summary line per
+    /// interval, not one line each.
+    pub refusal_log_interval: Duration,
     /// Time a reply may wait for the client to read before the connection is dropped.
     pub send_timeout: Duration,
     /// On shutdown, time given to in-flight requests before connections are cut.
@@ -106,9 +120,12 @@ impl Default for ServerConfig {
             block_size: 512,
             max_request_bytes: 32 << 20,
             max_connections: 64,
+            max_waiting: 256,
+            max_negotiating: 16,
             workers_per_connection: 16,
             max_inflight_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(10),
+            refusal_log_interval: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -118,9 +135,11 @@ impl Default for ServerConfig {
 /// What a server did, returned by [`Server::run`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServeSummary {
-    /// Connections accepted and served (including those that never finished negotiating).
+    /// Connections accepted and greeted (including those that never finished negotiating).
     pub connections: u64,
-    /// Connections closed at once because `max_connections` were being served.
+    /// Connections closed before reaching the transmission phase: refused while
+    /// `max_connections` were served, closed to make room, timed out, protocol errors, and
+    /// clients that left.
     pub refused: u64,
     pub requests: u64,
     pub bytes_read: u64,
@@ -173,19 +192,23 @@ impl Listener {
 struct Shared {
     export: Arc<Export>,
     limits: Limits,
-    handshake_timeout: Duration,
+    max_connections: usize,
+    max_negotiating: usize,
     send_timeout: Duration,
     stopping: Arc<AtomicBool>,
-    /// Live connections by id, so shutdown can reach their sockets.
-    live: Mutex<HashMap<u64, Arc<Socket>>>,
+    /// Negotiating and established connections, so the accept loop can enforce deadlines
+    /// and shutdown can reach their sockets.
+    slots: Mutex<Slots>,
     gone: Condvar,
+    refusals: RefusalLog,
+    /// Worker buffers kept between connections.
+    buffers: Arc<BufferPool>,
     totals: Totals,
 }
 
 #[derive(Default)]
 struct Totals {
     connections: AtomicU64,
-    refused: AtomicU64,
     requests: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
@@ -198,7 +221,8 @@ pub struct Server {
     listeners: Vec<Listener>,
     bound: Vec<ListenAddr>,
     wake: Arc<Wake>,
-    max_connections: usize,
+    max_waiting: usize,
+    handshake_timeout: Duration,
     shutdown_grace: Duration,
 }
 
@@ -214,6 +238,29 @@ impl std::fmt::Debug for Server {
 fn config_error(reason: impl Into<String>) -> ServerError {
     ServerError::Config {
         reason: reason.into(),
+    }
+}
+
+/// Descriptors kept free for everything but connection sockets (listeners, the devices,
+/// the control socket, logs).
+const RESERVED_DESCRIPTORS: usize = 64;
+
+/// Every connection slot holds a descriptor: refuse limits the process cannot honour, since
+/// `accept` failing with `EMFILE` would stall the accept loop for every client.
+fn check_descriptors(config: &ServerConfig) -> Result<(), ServerError> {
+    let needed = config
+        .max_waiting
+        .saturating_add(config.max_negotiating)
+        .saturating_add(config.max_connections)
+        .saturating_add(RESERVED_DESCRIPTORS);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match limit {
+        Some(limit) if needed as u64 > limit => Err(config_error(format!(
+            "max waiting + negotiating + connections ({}) plus {RESERVED_DESCRIPTORS} \
+             descriptors is above the open-file limit of {limit} (ulimit -n)",
+            needed - RESERVED_DESCRIPTORS
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -256,9 +303,17 @@ impl Server {
                 "workers per connection must be between 1 and 256",
             ));
         }
-        if config.max_connections == 0 {
-            return Err(config_error("max connections must be at least 1"));
+        if config.max_connections == 0 || config.max_waiting == 0 || config.max_negotiating == 0 {
+            return Err(config_error(
+                "max connections, waiting and negotiating connections must each be at least 1",
+            ));
         }
+        if config.handshake_timeout.is_zero() || config.refusal_log_interval.is_zero() {
+            return Err(config_error(
+                "the handshake timeout and the refusal log interval must be above zero",
+            ));
+        }
+        check_descriptors(&config)?;
         if config.max_inflight_bytes < u64::from(config.max_request_bytes) {
             return Err(config_error(
                 "in-flight bytes per connection must be at least the maximum request size",
@@ -317,17 +372,21 @@ impl Server {
                     workers: config.workers_per_connection,
                     max_inflight_bytes: config.max_inflight_bytes,
                 },
-                handshake_timeout: config.handshake_timeout,
+                max_connections: config.max_connections,
+                max_negotiating: config.max_negotiating,
                 send_timeout: config.send_timeout,
                 stopping: stop.clone(),
-                live: Mutex::new(HashMap::new()),
+                slots: Mutex::new(Slots::default()),
                 gone: Condvar::new(),
+                refusals: RefusalLog::new(config.refusal_log_interval),
+                buffers: Arc::default(),
                 totals: Totals::default(),
             }),
             listeners,
             bound,
             wake: Arc::new(Wake { stop, eventfd }),
-            max_connections: config.max_connections,
+            max_waiting: config.max_waiting,
+            handshake_timeout: config.handshake_timeout,
             shutdown_grace: config.shutdown_grace,
         })
     }
@@ -358,9 +417,7 @@ impl Server {
             );
         }
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        let mut next_id = 0u64;
-        let mut accept_failures = 0u64;
-        let accepted = self.accept_loop(&mut threads, &mut next_id, &mut accept_failures);
+        let accepted = self.accept_loop(&mut threads);
 
         // Stop: no new connections, no new requests; finish what is in flight.
         self.shared.stopping.store(true, Ordering::SeqCst);
@@ -371,26 +428,27 @@ impl Server {
         }
         self.listeners.clear();
         {
-            let mut live = self.shared.live.lock();
-            if !live.is_empty() {
+            let mut slots = self.shared.slots.lock();
+            if slots.established() > 0 {
                 tracing::info!(
-                    connections = live.len(),
+                    connections = slots.established(),
                     "shutting down: finishing requests in flight"
                 );
             }
-            for socket in live.values() {
-                socket.shutdown(Shutdown::Read);
-            }
+            slots.stop_all();
             let deadline = Instant::now() + self.shutdown_grace;
-            while !live.is_empty() {
-                if self.shared.gone.wait_until(&mut live, deadline).timed_out() {
+            while !slots.is_empty() {
+                if self
+                    .shared
+                    .gone
+                    .wait_until(&mut slots, deadline)
+                    .timed_out()
+                {
                     tracing::warn!(
-                        connections = live.len(),
+                        connections = slots.established(),
                         "connections still busy after the grace period; cutting them"
                     );
-                    for socket in live.values() {
-                        socket.shutdown(Shutdown::Both);
-                    }
+                    slots.cut_all();
                     break;
                 }
             }
@@ -400,6 +458,7 @@ impl Server {
                 tracing::error!("an NBD connection thread panicked");
             }
         }
+        self.shared.refusals.flush();
         let summary = self.summary();
         accepted?;
         if !export.read_only {
@@ -418,7 +477,7 @@ impl Server {
         let t = &self.shared.totals;
         ServeSummary {
             connections: t.connections.load(Ordering::SeqCst),
-            refused: t.refused.load(Ordering::SeqCst),
+            refused: self.shared.refusals.total(),
             requests: t.requests.load(Ordering::SeqCst),
             bytes_read: t.bytes_read.load(Ordering::SeqCst),
             bytes_written: t.bytes_written.load(Ordering::SeqCst),
@@ -426,34 +485,71 @@ impl Server {
         }
     }
 
-    fn accept_loop(
-        &self,
-        threads: &mut Vec<JoinHandle<()>>,
-        next_id: &mut u64,
-        accept_failures: &mut u64,
-    ) -> Result<(), ServerError> {
+    /// Accept, greet and hold new connections until their clients speak; hand those to a
+    /// negotiating thread; close connections past their negotiation deadline; write the
+    /// refusal summary when it is due. Returns when the server is told to stop.
+    fn accept_loop(&self, threads: &mut Vec<JoinHandle<()>>) -> Result<(), ServerError> {
+        let mut waiting = WaitingPool::new(self.max_waiting);
+        let mut next_id = 0u64;
+        let mut accept_failures = 0u64;
         loop {
             if self.wake.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let ready: Vec<bool> = {
+            let now = Instant::now();
+            self.expire(&mut waiting, now);
+            let wake_at = [
+                waiting.next_deadline(),
+                self.shared.slots.lock().next_deadline(),
+                self.shared.refusals.due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = wake_at.map(|t| {
+                let left = t.saturating_duration_since(now) + Duration::from_millis(1);
+                Timespec::try_from(left).unwrap_or(Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                })
+            });
+            let (listeners_ready, waiting_events): (Vec<bool>, Vec<PollFlags>) = {
                 let mut fds: Vec<PollFd<'_>> = self
                     .listeners
                     .iter()
                     .map(|l| PollFd::from_borrowed_fd(l.fd(), PollFlags::IN))
                     .collect();
                 fds.push(PollFd::new(&self.wake.eventfd, PollFlags::IN));
-                match rustix::event::poll(&mut fds, None) {
+                fds.extend(waiting.poll_fds());
+                match rustix::event::poll(&mut fds, timeout.as_ref()) {
                     Ok(_) => {}
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => return Err(ServerError::Poll(e.into())),
                 }
-                fds.iter().map(|f| !f.revents().is_empty()).collect()
+                let n = self.listeners.len();
+                let listeners = fds[..n].iter().map(|f| !f.revents().is_empty()).collect();
+                (
+                    listeners,
+                    fds[n + 1..].iter().map(PollFd::revents).collect(),
+                )
             };
             if self.wake.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            for (listener, _) in self.listeners.iter().zip(ready).filter(|(_, r)| *r) {
+            let (spoke, gone) = waiting.take_ready(&waiting_events);
+            for w in gone {
+                tracing::debug!(
+                    conn = w.id,
+                    peer = w.peer,
+                    "closed by the client before negotiating"
+                );
+                self.shared.refusals.note(Refusal::Left);
+            }
+            for w in spoke {
+                self.start_negotiating(w, threads);
+            }
+            let ready = self.listeners.iter().zip(listeners_ready);
+            for (listener, _) in ready.filter(|(_, r)| *r) {
                 // Accept everything pending on this listener.
                 loop {
                     let accepted = match listener {
@@ -466,8 +562,8 @@ impl Server {
                     };
                     match accepted {
                         Ok((socket, peer)) => {
-                            *next_id += 1;
-                            self.start_connection(socket, peer, *next_id, threads);
+                            next_id += 1;
+                            self.greet(socket, peer, next_id, &mut waiting);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -475,9 +571,9 @@ impl Server {
                         Err(e) => {
                             // Out of descriptors or memory: back off instead of spinning, and
                             // log the 1st, 2nd, 4th, 8th... failure, not every one.
-                            *accept_failures += 1;
+                            accept_failures += 1;
                             if accept_failures.is_power_of_two() {
-                                tracing::warn!(error = %e, failures = *accept_failures, "accept failed; pausing");
+                                tracing::warn!(error = %e, failures = accept_failures, "accept failed; pausing");
                             }
                             std::thread::sleep(Duration::from_millis(100));
                             break;
@@ -489,91 +585,170 @@ impl Server {
         }
     }
 
-    fn start_connection(
-        &self,
-        socket: Socket,
-        peer: String,
-        id: u64,
-        threads: &mut Vec<JoinHandle<()>>,
-    ) {
-        let socket = Arc::new(socket);
-        {
-            let mut live = self.shared.live.lock();
-            if live.len() >= self.max_connections {
-                self.shared.totals.refused.fetch_add(1, Ordering::SeqCst);
-                tracing::warn!(
-                    conn = id,
-                    peer,
-                    limit = self.max_connections,
-                    "connection refused: too many connections"
-                );
-                return;
-            }
-            live.insert(id, socket.clone());
+    /// Close the waiting and negotiating connections past their deadline; write the
+    /// refusal summary if it is due.
+    fn expire(&self, waiting: &mut WaitingPool, now: Instant) {
+        let refusals = &self.shared.refusals;
+        for w in waiting.expired(now) {
+            tracing::debug!(
+                conn = w.id,
+                peer = w.peer,
+                "closed: sent nothing before the negotiation deadline"
+            );
+            refusals.note(Refusal::TimedOut);
+        }
+        let expired = self.shared.slots.lock().expire(now);
+        for _ in 0..expired {
+            refusals.note(Refusal::TimedOut);
+        }
+        refusals.tick(now);
+    }
+
+    /// A new connection: refused at once while `max_connections` are served; otherwise
+    /// greeted (without blocking) and held in the waiting pool until its client speaks.
+    fn greet(&self, socket: Socket, peer: String, id: u64, waiting: &mut WaitingPool) {
+        let refusals = &self.shared.refusals;
+        let established = self.shared.slots.lock().established();
+        if established >= self.shared.max_connections {
+            tracing::debug!(conn = id, peer, "refused: serving the connection limit");
+            refusals.note(Refusal::Full);
+            return;
+        }
+        let greeting = crate::handshake::greeting_bytes();
+        let sent = socket
+            .set_nonblocking(true)
+            .and_then(|()| (&socket).write(&greeting));
+        if !matches!(sent, Ok(n) if n == greeting.len()) {
+            tracing::debug!(conn = id, peer, "closed: the greeting could not be sent");
+            refusals.note(Refusal::Left);
+            return;
         }
         self.shared
             .totals
             .connections
             .fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(conn = id, peer, "connection opened");
+        let deadline = Instant::now() + self.handshake_timeout;
+        if let Some(old) = waiting.push(Waiting {
+            id,
+            socket,
+            peer,
+            deadline,
+        }) {
+            tracing::debug!(
+                conn = old.id,
+                peer = old.peer,
+                "closed to make room: sent nothing yet"
+            );
+            refusals.note(Refusal::Evicted);
+        }
+    }
+
+    /// The client of a waiting connection spoke: give it a negotiating thread (closing the
+    /// connection negotiating longest if all slots are taken).
+    fn start_negotiating(&self, w: Waiting, threads: &mut Vec<JoinHandle<()>>) {
+        let Waiting {
+            id,
+            socket,
+            peer,
+            deadline,
+        } = w;
+        let socket = Arc::new(socket);
+        let evicted = self.shared.slots.lock().start_negotiating(
+            id,
+            socket.clone(),
+            deadline,
+            self.shared.max_negotiating,
+        );
+        if evicted {
+            self.shared.refusals.note(Refusal::Evicted);
+        }
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("nbd-conn-{id}"))
             .spawn(move || {
                 serve_connection(&shared, socket, &peer, id);
-                shared.live.lock().remove(&id);
                 shared.gone.notify_all();
             });
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
                 tracing::warn!(conn = id, error = %e, "cannot start a connection thread; closing it");
-                self.shared.live.lock().remove(&id);
+                self.shared.slots.lock().end_negotiating(id);
             }
         }
     }
 }
 
-/// One connection from accept to close: negotiate, then serve requests.
+/// One connection from its client's first bytes to close: negotiate, then serve requests.
 fn serve_connection(shared: &Shared, socket: Arc<Socket>, peer: &str, id: u64) {
-    tracing::info!(conn = id, peer, "connection opened");
-    let setup = socket.prepare().and_then(|()| match &*socket {
+    let negotiated = negotiate(shared, &socket, peer, id);
+    let Some((negotiated, reader)) = negotiated else {
+        return;
+    };
+    tracing::info!(
+        conn = id,
+        peer,
+        structured = negotiated.structured,
+        "client connected"
+    );
+    serve_requests(shared, socket, reader, negotiated, peer, id);
+    shared.slots.lock().end_established(id);
+}
+
+/// The negotiation of a connection; `None` if it ended there (counted in the refusal log
+/// unless the server closed it, which counted it already).
+fn negotiate(
+    shared: &Shared,
+    socket: &Arc<Socket>,
+    peer: &str,
+    id: u64,
+) -> Option<(handshake::Negotiated, Input<SocketReader>)> {
+    let setup = socket.prepare().and_then(|()| match &**socket {
         Socket::Tcp(s) => s.set_write_timeout(Some(shared.send_timeout)),
         Socket::Unix(s) => s.set_write_timeout(Some(shared.send_timeout)),
     });
-    if let Err(e) = setup {
-        tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
-        return;
-    }
     let mut reader = Input::new(
         SocketReader::new(socket.clone()),
         READ_BUFFER,
         crate::proto::REQUEST_HEADER_LEN,
     );
-    // The whole negotiation must finish within the timeout, not each read.
-    if let Err(e) = reader
-        .get_mut()
-        .set_deadline(Some(Instant::now() + shared.handshake_timeout))
-    {
-        tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
-        return;
-    }
-    let negotiated = match handshake::negotiate(
-        &mut reader,
-        &*socket,
-        &shared.export,
-        &shared.stopping,
-    ) {
-        Ok(n) => n,
+    let result = match setup {
+        Ok(()) => handshake::negotiate(
+            &mut reader,
+            &**socket,
+            &shared.export,
+            &shared.stopping,
+            &mut || shared.slots.lock().establish(id, shared.max_connections),
+        ),
         Err(e) => {
-            tracing::info!(conn = id, peer, reason = %e, "connection closed during negotiation");
-            socket.shutdown(Shutdown::Both);
-            return;
+            tracing::debug!(conn = id, peer, error = %e, "socket setup failed");
+            Err(HandshakeError::Closed)
         }
     };
-    if let Err(e) = reader.get_mut().set_deadline(None) {
-        tracing::info!(conn = id, peer, error = %e, "connection closed: socket setup failed");
-        return;
+    match result {
+        Ok(n) => Some((n, reader)),
+        Err(e) => {
+            socket.shutdown(Shutdown::Both);
+            let counted_by_server = !shared.slots.lock().end_negotiating(id);
+            tracing::debug!(conn = id, peer, reason = %e, "connection closed during negotiation");
+            if !counted_by_server {
+                shared.refusals.note(Refusal::of(&e));
+            }
+            None
+        }
     }
+}
+
+/// The transmission phase of a negotiated connection.
+fn serve_requests(
+    shared: &Shared,
+    socket: Arc<Socket>,
+    reader: Input<SocketReader>,
+    negotiated: handshake::Negotiated,
+    peer: &str,
+    id: u64,
+) {
     tracing::debug!(conn = id, ?negotiated, "transmission phase");
     let conn = Arc::new(Connection::new(
         shared.export.clone(),
@@ -582,6 +757,7 @@ fn serve_connection(shared: &Shared, socket: Arc<Socket>, peer: &str, id: u64) {
         socket,
         reader,
         shared.stopping.clone(),
+        shared.buffers.clone(),
     ));
     let end = conn.serve();
     let c = &conn.counters;

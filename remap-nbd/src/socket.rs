@@ -4,9 +4,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// A connected stream socket.
 #[derive(Debug)]
@@ -26,14 +26,14 @@ impl Socket {
         };
     }
 
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         match self {
-            Socket::Tcp(s) => s.set_read_timeout(timeout),
-            Socket::Unix(s) => s.set_read_timeout(timeout),
+            Socket::Tcp(s) => s.set_nonblocking(nonblocking),
+            Socket::Unix(s) => s.set_nonblocking(nonblocking),
         }
     }
 
-    /// Make the socket blocking (accepted sockets come from a non-blocking listener) and,
+    /// Make the socket blocking (the accept loop greets it without blocking) and,
     /// for TCP, send small replies at once (no Nagle delay on a 16-byte reply).
     pub fn prepare(&self) -> io::Result<()> {
         match self {
@@ -42,6 +42,15 @@ impl Socket {
                 s.set_nodelay(true)
             }
             Socket::Unix(s) => s.set_nonblocking(false),
+        }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::Unix(s) => s.as_fd(),
         }
     }
 }
@@ -75,44 +84,20 @@ impl Write for &Socket {
     }
 }
 
-/// The read side of a shared socket, for an [`Input`](crate::input::Input), with an optional deadline for all
-/// reads together (the negotiation must finish in time even if the client trickles bytes).
+/// The read side of a shared socket, for an [`Input`](crate::input::Input).
 #[derive(Debug)]
 pub(crate) struct SocketReader {
     socket: Arc<Socket>,
-    deadline: Option<Instant>,
 }
 
 impl SocketReader {
     pub fn new(socket: Arc<Socket>) -> Self {
-        SocketReader {
-            socket,
-            deadline: None,
-        }
-    }
-
-    /// Fail every read after `deadline` with `TimedOut`; `None` lifts the deadline.
-    pub fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        self.deadline = deadline;
-        if deadline.is_none() {
-            self.socket.set_read_timeout(None)?;
-        }
-        Ok(())
+        SocketReader { socket }
     }
 }
 
 impl Read for SocketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client did not finish negotiating in time",
-                ));
-            }
-            self.socket.set_read_timeout(Some(left))?;
-        }
         (&*self.socket).read(buf)
     }
 }

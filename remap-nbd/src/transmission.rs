@@ -40,6 +40,7 @@ use parking_lot::{Condvar, Mutex};
 use remap_core::IoError;
 
 use crate::block_status::{Extent, MetaContext};
+use crate::buffers::{BufferPool, Buffers, DATA_AT};
 use crate::error::TransmissionError;
 use crate::export::Export;
 use crate::handshake::Negotiated;
@@ -51,15 +52,10 @@ use crate::proto::{
 };
 use crate::socket::{Socket, SocketReader};
 
-/// Where data starts in a worker's buffer: room in front for the largest reply header, so
-/// a read reply is one contiguous write.
-const DATA_AT: usize = OFFSET_DATA_HEADER_LEN;
 /// The most extents sent for one context in one block status reply.
 pub const MAX_EXTENTS: usize = 64 * 1024;
 /// `NBD_CMD_CACHE` reads ahead in pieces of this size.
 const CACHE_PIECE: u64 = 1 << 20;
-/// A worker keeps a data buffer up to this size between requests; larger ones are freed.
-const KEEP_BUFFER: usize = DATA_AT + (2 << 20);
 
 /// The bounds of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,31 +154,6 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// A worker's reusable buffers: no allocation per request in the steady state.
-#[derive(Default)]
-struct Buffers {
-    /// `[reply header room | payload]`.
-    data: Vec<u8>,
-    /// Small replies (errors, block status).
-    small: Vec<u8>,
-}
-
-impl Buffers {
-    fn payload(&mut self, len: usize) -> &mut [u8] {
-        self.data.resize(DATA_AT + len, 0);
-        &mut self.data[DATA_AT..]
-    }
-
-    fn trim(&mut self) {
-        if self.data.capacity() > KEEP_BUFFER {
-            self.data = Vec::new();
-        }
-        if self.small.capacity() > 64 * 1024 {
-            self.small = Vec::new();
-        }
-    }
-}
-
 /// One request read off the wire, checked, with its payload (if a write) in the worker's
 /// buffer.
 struct Job<'a> {
@@ -221,6 +192,7 @@ pub(crate) struct Connection {
     workers: AtomicUsize,
     handles: Mutex<Vec<JoinHandle<()>>>,
     budget: ByteBudget,
+    pool: Arc<BufferPool>,
     pub counters: Counters,
     end: Mutex<Option<End>>,
 }
@@ -243,6 +215,7 @@ impl Connection {
         socket: Arc<Socket>,
         reader: Input<SocketReader>,
         server_stopping: Arc<AtomicBool>,
+        pool: Arc<BufferPool>,
     ) -> Self {
         Connection {
             export,
@@ -261,6 +234,7 @@ impl Connection {
                 freed: Condvar::new(),
                 limit: limits.max_inflight_bytes,
             },
+            pool,
             counters: Counters::default(),
             end: Mutex::new(None),
         }
@@ -309,7 +283,7 @@ impl Connection {
     }
 
     fn work(self: &Arc<Self>) {
-        let mut buffers = Buffers::default();
+        let mut buffers = self.pool.take();
         while let Some(job) = self.next_request(&mut buffers) {
             if let Err(e) = self.execute(job, &mut buffers) {
                 self.finish(End::Failed(e));
@@ -319,6 +293,7 @@ impl Connection {
             }
             buffers.trim();
         }
+        self.pool.give(buffers);
     }
 
     /// Start one more worker if nobody is waiting to read and the limit allows. Called with

@@ -69,8 +69,8 @@ impl Abused {
     }
 
     /// End the test: the server is alive, serves a new client, the good client saw no error,
-    /// the server stops cleanly, and the device is unchanged.
-    fn finish(mut self) {
+    /// the server stops cleanly, and the device is unchanged. Returns the server's log.
+    fn finish(mut self) -> String {
         self.served.assert_alive();
         let mut late = self.client(true);
         assert_eq!(late.read(1, 4096, 4096), Ok(pattern(4096, 4096)));
@@ -97,6 +97,7 @@ impl Abused {
             .zip(pattern(0, DEV_SIZE as usize))
             .position(|(a, b)| *a != b);
         assert_eq!(first_diff, None, "the device changed");
+        err
     }
 }
 
@@ -203,15 +204,20 @@ fn huge_lengths_are_refused_without_allocating() {
     let pid = a.served.pid();
     let rss_before = rss_bytes(pid);
 
-    // An option longer than the server reads: skipped, refused, connection goes on.
-    let mut c = Raw::unix(&a.served.socket);
-    c.greeting();
-    c.client_flags(1);
-    c.option(0xbeef, &vec![0x55; 1 << 20]).expect("send");
-    assert_eq!(c.option_reply().expect("reply").1, REP_ERR_TOO_BIG);
-    c.option(OPT_GO, &vec![0x55; 70_000]).expect("send");
-    assert_eq!(c.option_reply().expect("reply").1, REP_ERR_TOO_BIG);
-    c.go("disk").expect("GO after a huge option");
+    // An option longer than the server reads (64 KiB): refused and the connection closed,
+    // without the server reading (or waiting for) its data.
+    for (option, len) in [(0xbeef_u32, 1u32 << 20), (OPT_GO, 70_000)] {
+        let mut c = Raw::unix(&a.served.socket);
+        c.greeting();
+        c.client_flags(1);
+        let mut header = b"IHAVEOPT".to_vec();
+        header.extend_from_slice(&option.to_be_bytes());
+        header.extend_from_slice(&len.to_be_bytes());
+        c.send(&header).expect("send");
+        assert_eq!(c.option_reply().expect("reply").1, REP_ERR_TOO_BIG);
+        assert!(c.closed_by_server(), "option {option:#x} of {len} bytes");
+    }
+    let mut c = a.client(false);
 
     // Reads and writes above the maximum request size.
     assert_eq!(c.simple_command(0, CMD_READ, 1, 0, u32::MAX), EOVERFLOW);
@@ -233,12 +239,13 @@ fn huge_lengths_are_refused_without_allocating() {
     assert_eq!(c.simple_command(0, CMD_CACHE, 8, 0, DEV_SIZE as u32), 0);
     c.disconnect();
 
-    // Claimed lengths that never arrive: the server waits for bytes, it does not allocate.
+    // Claimed lengths that never arrive: the server does not allocate for them (an option
+    // is closed at once, a write waits for its bytes).
     let mut o = Raw::unix(&a.served.socket);
     o.greeting();
     o.client_flags(1);
     o.send(b"IHAVEOPT\0\0\0\x07\xff\xff\xff\xff").expect("send");
-    o.send(&[0u8; 1000]).expect("send");
+    let _ = o.send(&[0u8; 1000]);
     let mut w = a.client(false);
     w.request(0, CMD_WRITE, 1, 0, u32::MAX).expect("send");
     w.send(&[0u8; 1000]).expect("send");
@@ -419,4 +426,185 @@ fn a_flood_of_connections_does_not_starve_a_connected_client() {
         c.disconnect();
     }
     a.finish();
+}
+
+/// Connections held open during a flood: (idle: connect and say nothing, stalled: send the
+/// client flags and stop, oversize: announce 2 GiB of option data).
+const FLOOD_IDLE: usize = 300;
+const FLOOD_STALLED: usize = 24;
+const FLOOD_OVERSIZE: usize = 40;
+
+/// Real clients (nbdsh over the Unix socket and over TCP) connect, negotiate and read
+/// correct data; fails the test otherwise.
+fn real_client_reads(a: &Abused) {
+    require("nbdsh", "python3-libnbd");
+    for uri in [a.served.uri(), a.served.tcp_uri()] {
+        let script = format!(
+            r#"
+import nbd
+def pattern(off, n):
+    out = bytearray(n)
+    for i in range(n):
+        o = off + i
+        blk = o // 512
+        out[i] = (((blk * 0x9E3779B97F4A7C15) % (1 << 64)) >> 56) ^ (o & 0xff)
+    return bytes(out)
+h = nbd.NBD()
+h.connect_uri("{uri}")
+assert h.get_size() == {size}
+for off in (0, 4096 * 1000, {size} - 65536):
+    assert h.pread(65536, off) == pattern(off, 65536), off
+h.shutdown()
+print("read ok")
+"#,
+            size = DEV_SIZE
+        );
+        let out = must(tool("nbdsh").arg("-c").arg(&script));
+        assert!(out.contains("read ok"), "{out}");
+    }
+}
+
+/// The sum of `field=N` over the server's log lines.
+fn logged_count(log: &str, field: &str) -> u64 {
+    let key = format!("{field}=");
+    log.lines()
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|w| w.strip_prefix(&key))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// A held flood of connections that never negotiate does not deny service: while hundreds
+/// of idle connections (more than every connection limit), connections stalled after their
+/// flags, and connections announcing 2 GiB of option data are all held open, new real
+/// clients negotiate and read correct data, the established client keeps reading, the
+/// oversize ones are closed at once, the server's threads and memory stay bounded, and its
+/// log holds a few summary lines instead of one per connection.
+#[test]
+fn a_held_flood_of_idle_and_oversize_negotiations_starves_no_one() {
+    let a = Abused::start();
+    let pid = a.served.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let (threads_before, rss_before) = (threads(pid), rss_bytes(pid));
+
+    let connect = |i: usize| {
+        if i.is_multiple_of(2) {
+            Raw::unix(&a.served.socket)
+        } else {
+            Raw::tcp(a.served.tcp)
+        }
+    };
+    let mut held = Vec::new();
+    for i in 0..FLOOD_IDLE {
+        held.push(connect(i));
+    }
+    for i in 0..FLOOD_STALLED {
+        let mut c = connect(i);
+        // Today's server may close at once; the flood goes on regardless.
+        if c.recv(18).is_ok() {
+            let _ = c.send(&1u32.to_be_bytes());
+        }
+        held.push(c);
+    }
+    let mut oversize = Vec::new();
+    for i in 0..FLOOD_OVERSIZE {
+        let mut c = connect(i);
+        if c.recv(18).is_ok() {
+            let _ = c.send(&1u32.to_be_bytes());
+            let _ = c.send(b"IHAVEOPT\0\0\0\x07\x80\0\0\0");
+            let _ = c.send(&[0u8; 1000]);
+        }
+        oversize.push(c);
+    }
+
+    // New clients are served while the flood is held.
+    real_client_reads(&a);
+    let mut raw = a.client(true);
+    assert_eq!(raw.read(1, 8192, 4096), Ok(pattern(8192, 4096)));
+
+    // The server closed every oversize connection without waiting for its data (well before
+    // the 10 s negotiation deadline).
+    for c in &mut oversize {
+        c.set_read_timeout(Duration::from_secs(5));
+        assert!(c.closed_by_server(), "an oversize option was not closed");
+    }
+
+    // Bounded while the flood is held: no thread per idle connection (at most one per
+    // negotiating slot, plus a few for the client still connected), little memory.
+    let (threads_during, rss_during) = (threads(pid), rss_bytes(pid));
+    eprintln!(
+        "flood of {} connections held: threads {threads_before} -> {threads_during}, \
+         VmRSS {} -> {} KiB",
+        FLOOD_IDLE + FLOOD_STALLED + FLOOD_OVERSIZE,
+        rss_before >> 10,
+        rss_during >> 10
+    );
+    let max_negotiating = remap_nbd::ServerConfig::default().max_negotiating as u64;
+    assert!(
+        threads_during <= threads_before + max_negotiating + 4,
+        "threads grew from {threads_before} to {threads_during} under the flood"
+    );
+    assert!(
+        rss_during <= rss_before + (32 << 20),
+        "resident memory grew from {rss_before} to {rss_during} bytes under the flood"
+    );
+    raw.disconnect();
+    drop(held);
+    drop(oversize);
+
+    let log = a.finish();
+    for line in log.lines().filter(|l| l.contains("before negotiating")) {
+        eprintln!("{line}");
+    }
+    // One summary line per interval (and one at the end), not a line per connection.
+    let lines = log.lines().count();
+    assert!(
+        lines < 60,
+        "{lines} log lines for a flood of {} connections:\n{log}",
+        FLOOD_IDLE + FLOOD_STALLED + FLOOD_OVERSIZE
+    );
+    assert_eq!(
+        logged_count(&log, "option_too_long"),
+        FLOOD_OVERSIZE as u64,
+        "every oversize option is counted in the summary:\n{log}"
+    );
+}
+
+/// A client that trickles its negotiation (a byte now and then, never finishing) is closed
+/// at the negotiation deadline (10 s by default), counted in the summary, and the server
+/// serves others meanwhile.
+#[test]
+fn a_negotiation_that_never_finishes_is_closed_at_the_deadline() {
+    let a = Abused::start();
+    let mut c = Raw::unix(&a.served.socket);
+    c.greeting();
+    c.client_flags(1);
+    c.set_read_timeout(Duration::from_millis(500));
+    let header = b"IHAVEOPT\0\0\0\x07\0\0\0\x10";
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    let closed = loop {
+        // One byte every half second: each read finishes, the whole never does.
+        if c.send(&header[sent % header.len()..][..1]).is_err() {
+            break true;
+        }
+        sent += 1;
+        match c.recv(1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the trickling negotiation was not closed"
+        );
+    };
+    assert!(closed);
+    real_client_reads(&a);
+    let log = a.finish();
+    assert!(
+        logged_count(&log, "timed_out") >= 1,
+        "the deadline is counted in the summary:\n{log}"
+    );
 }

@@ -275,6 +275,52 @@ fn negotiation_has_a_deadline_even_for_a_client_that_trickles_bytes() {
     running.join().expect("thread").expect("run");
 }
 
+#[test]
+fn full_waiting_and_negotiating_pools_close_their_oldest_for_newcomers() {
+    let server = Server::new(
+        Arc::new(MemBackend::new(1 << 20)),
+        None,
+        ServerConfig {
+            listen: local(),
+            max_waiting: 2,
+            max_negotiating: 1,
+            handshake_timeout: Duration::from_secs(60),
+            ..ServerConfig::default()
+        },
+    )
+    .expect("server");
+    let tcp = tcp_of(&server);
+    let (stop, running) = spawn(server);
+    // Three connections that say nothing: the oldest is closed for the third.
+    let mut idle: Vec<Raw> = (0..3).map(|_| Raw::tcp(tcp)).collect();
+    idle[0].greeting();
+    assert!(idle[0].closed_by_server(), "the oldest idle connection");
+    // Two that stall after their flags: the first is closed when the second speaks.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::tcp(tcp);
+        c.greeting();
+        c.client_flags(1);
+        stalled.push(c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stalled[0].closed_by_server(),
+        "the older stalled connection"
+    );
+    // A good client gets through, taking the negotiating slot of the other one.
+    let (mut good, _, _) = Raw::tcp(tcp).negotiate("", false, &[]);
+    assert_eq!(good.read(1, 0, 512), Ok(vec![0; 512]));
+    assert!(
+        stalled[1].closed_by_server(),
+        "the younger stalled connection"
+    );
+    good.disconnect();
+    stop.shutdown();
+    let summary = running.join().expect("thread").expect("run");
+    assert!(summary.refused >= 4, "{summary:?}");
+}
+
 /// A slow memory disk that records the most bytes being read at once.
 #[derive(Debug)]
 struct PeakProbe {
@@ -587,6 +633,27 @@ fn bad_configurations_are_refused_with_reasons() {
             ..base.clone()
         })
         .contains("in-flight")
+    );
+    assert!(
+        bad(ServerConfig {
+            max_negotiating: 0,
+            ..base.clone()
+        })
+        .contains("negotiating")
+    );
+    assert!(
+        bad(ServerConfig {
+            handshake_timeout: Duration::ZERO,
+            ..base.clone()
+        })
+        .contains("handshake timeout")
+    );
+    assert!(
+        bad(ServerConfig {
+            max_waiting: 1 << 40,
+            ..base.clone()
+        })
+        .contains("open-file limit")
     );
 
     // An address in use.

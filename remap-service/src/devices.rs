@@ -18,7 +18,7 @@ use remap_core::clock::SystemClock;
 use remap_core::{BlockBackend, FileBackend};
 use remap_meta::io::BackendIo;
 use remap_meta::open::{MetaError, OpenedDevice, check_main};
-use remap_meta::recovery::{RecoverError, choose_superblock, read_superblocks};
+use remap_meta::recovery::{RecoverError, choose_superblock, read_superblock_copies};
 use remap_meta::{DeviceIdentity, FormatError, Recovered, Superblock};
 
 /// Which of the pair a device is, for messages.
@@ -201,11 +201,11 @@ impl Pair {
     /// The superblock copy recovery would use, if any, without reading further.
     pub fn superblock(&self) -> Result<Option<Superblock>, PairError> {
         self.refuse_tiny_spare()?;
-        let copies =
-            read_superblocks(&mut BackendIo(&self.spare)).map_err(|e| PairError::Inspect {
-                path: self.spare_path.clone(),
-                source: Box::new(MetaError::Recover(e)),
-            })?;
+        let copies = read_superblock_copies(&mut BackendIo(&self.spare), self.spare.size_bytes())
+            .map_err(|e| PairError::Inspect {
+            path: self.spare_path.clone(),
+            source: Box::new(MetaError::Recover(e)),
+        })?;
         Ok(choose_superblock(&copies).ok().map(|(_, sb)| sb))
     }
 

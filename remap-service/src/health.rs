@@ -201,8 +201,21 @@ fn remap_reasons(r: &HealthReport, t: &HealthThresholds) -> Vec<Reason> {
     out
 }
 
-/// The projection over `remap_times` (seconds, of the blocks remapped now), or why there
-/// is none.
+/// The times (seconds) of the remaps that failures forced: remapped entries whose block has
+/// seen an error. A block moved by hand (`map` of a healthy block) consumes a spare, which
+/// the projection counts, but says nothing about how fast the disk is failing, so it does not
+/// enter the fitted rate.
+pub fn failure_remap_times<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Vec<u64> {
+    entries
+        .into_iter()
+        .filter(|e| e.is_remapped() && e.error_count > 0)
+        .map(|e| u64::from(e.time_s))
+        .collect()
+}
+
+/// The projection over `remap_times` (seconds, of the blocks that failures moved, from
+/// [`failure_remap_times`]), or why there is none: every consumed spare is counted, the rate
+/// is the rate of failures.
 pub fn projection(
     remap_times: &[u64],
     stats: &StatsSnapshot,
@@ -421,12 +434,9 @@ pub fn at_rest(rec: &Recovered, now_s: u64) -> HealthView {
         &remap_core::health::HealthInputs::from_snapshot(&stats),
         &thresholds,
     );
-    let marks: Vec<Mark> = rec.table.iter().map(|(_, e)| Mark::from(&e)).collect();
-    let times: Vec<u64> = marks
-        .iter()
-        .filter(|m| m.remapped)
-        .map(|m| m.time_s)
-        .collect();
+    let entries: Vec<Entry> = rec.table.iter().map(|(_, e)| e).collect();
+    let marks: Vec<Mark> = entries.iter().map(Mark::from).collect();
+    let times = failure_remap_times(&entries);
     offline(
         Inputs {
             stats: &stats,

@@ -14,26 +14,39 @@
 //! - [`live`]: the running service ([`live::Live`]), generic over the device's backends;
 //! - [`control`]: the control protocol, its server and its client; [`metrics`]: the
 //!   Prometheus endpoint;
+//! - [`notify`]: readiness and stopping reported to systemd (`$NOTIFY_SOCKET`);
 //! - [`serve()`]: a pair served over NBD with all of the above, as a stoppable handle;
+//! - [`table_line`]: the `dm-remap-v4` table line and device-mapper names;
+//!   [`dmsetup`]: device-mapper through `dmsetup`; [`activation`]: a pair brought up as a
+//!   kernel device and taken down (`remap table`, `activate`, `deactivate`);
+//! - [`remaptab`]: `/etc/remaptab`, the pairs to bring up at boot; [`boot_units`]: the
+//!   systemd units its generator writes; [`spare_lookup`]: a spare found by its UUID;
 //! - [`probe`]: whether a device holds a remap spare, as udev properties;
 //! - [`time`]: times as the reports carry them.
 //!
 //! Errors are one enum per area, each message naming the device it is about.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod blocks;
+pub mod boot_units;
 pub mod control;
 pub mod devices;
+pub mod dmsetup;
 pub mod health;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod predict;
 pub mod probe;
+pub mod remaptab;
 pub mod scrub;
 pub mod serve;
 pub mod settings;
 pub mod smart;
+pub mod spare_lookup;
 pub mod status;
+pub mod table_line;
 pub mod throttle;
 pub mod time;
 pub mod transfer;
@@ -42,5 +55,6 @@ pub mod window;
 pub use devices::{Access, Pair, PairError};
 pub use live::Live;
 pub use serve::{
-    FaultPlan, ListenAddr, ServeConfig, ServeError, ServeSummary, Serving, Stopper, serve,
+    ConnectionLimits, FaultPlan, ListenAddr, ServeConfig, ServeError, ServeSummary, Serving,
+    Stopper, serve,
 };

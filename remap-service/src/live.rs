@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use remap_core::clock::{Clock, SystemClock};
 use remap_core::store::Settings;
-use remap_core::{BlockBackend, FileBackend, RemapDevice};
+use remap_core::{BlockBackend, Entry, FileBackend, RemapDevice};
 use remap_meta::{Superblock, counters};
 use serde::{Deserialize, Serialize};
 
@@ -267,11 +267,9 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
         {
             return p.clone();
         }
-        let times: Vec<u64> = self.device.with_state(|t, _| {
-            t.iter()
-                .filter(|(_, e)| e.is_remapped())
-                .map(|(_, e)| u64::from(e.time_s))
-                .collect()
+        let times = self.device.with_state(|t, _| {
+            let entries: Vec<Entry> = t.iter().map(|(_, e)| e).collect();
+            health::failure_remap_times(&entries)
         });
         let p = health::projection(&times, &stats, SystemClock.now_s());
         *cache = Some((

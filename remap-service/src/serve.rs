@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use remap_core::backend::FaultyBackend;
 use remap_core::backend::faulty::InjectedFaults;
@@ -77,6 +78,38 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// Format the spare with the defaults first if it holds no remap metadata.
     pub create_if_blank: bool,
+    /// How many clients, in which phase, and for how long (the NBD server's limits).
+    pub connection_limits: ConnectionLimits,
+}
+
+/// The NBD server's limits on connections that an operator may want to set; the defaults
+/// are `remap-nbd`'s (`ServerConfig::default()`), defined there once. See
+/// `remap-nbd/README.md` for what each protects against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Clients in the transmission phase at once.
+    pub max_connections: usize,
+    /// Connections greeted that have sent nothing yet (held without a thread).
+    pub max_waiting: usize,
+    /// Connections negotiating at once (a thread each).
+    pub max_negotiating: usize,
+    /// From accept to the end of negotiation; then the connection is closed.
+    pub handshake_timeout: Duration,
+    /// One summary line of refused connections per interval.
+    pub refusal_log_interval: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        let nbd = ServerConfig::default();
+        ConnectionLimits {
+            max_connections: nbd.max_connections,
+            max_waiting: nbd.max_waiting,
+            max_negotiating: nbd.max_negotiating,
+            handshake_timeout: nbd.handshake_timeout,
+            refusal_log_interval: nbd.refusal_log_interval,
+        }
+    }
 }
 
 /// Why serving failed to start or ended in failure.
@@ -230,6 +263,11 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
         }),
         read_only: config.read_only,
         block_size: device.block_size().bytes(),
+        max_connections: config.connection_limits.max_connections,
+        max_waiting: config.connection_limits.max_waiting,
+        max_negotiating: config.connection_limits.max_negotiating,
+        handshake_timeout: config.connection_limits.handshake_timeout,
+        refusal_log_interval: config.connection_limits.refusal_log_interval,
         ..ServerConfig::default()
     };
     if !config.listen.is_empty() {

@@ -28,16 +28,20 @@ Examples:
 ///
 /// Without --repair both devices are opened read-only under a shared lock and nothing is
 /// written. With --repair SPARE is locked exclusively and a corrupt or outdated superblock
-/// copy is rewritten from the valid one; nothing else is ever rewritten, and a table that
-/// cannot be recovered is reported, not replaced. Repair is refused if MAIN is not the
-/// device SPARE was formatted for.
+/// copy (head or tail) is rewritten from the valid one, and a bad copy of a live journal
+/// block from its twin. When recovery itself fails (a checkpoint area or a journal block
+/// destroyed), --repair salvages: it rebuilds the table from the other checkpoint and every
+/// readable journal commit, names the commits and blocks it could not prove, retires the
+/// spare blocks that may hold their data, and only then writes a fresh checkpoint; an
+/// incomplete salvage exits 1. Repair is refused if MAIN is not the device SPARE was
+/// formatted for, and when nothing is left to rebuild from (nothing is written then).
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub pair: PairArgs,
 
-    /// Rewrite a bad or outdated superblock copy from the good one, then check again.
+    /// Rewrite bad copies from good ones, or salvage what recovery refuses, then check again.
     #[arg(long)]
     pub repair: bool,
 
@@ -72,6 +76,8 @@ pub struct CheckOutput {
 pub struct RepairSection {
     pub rewritten: Vec<Region>,
     pub before: CheckReport,
+    /// When recovery refused the spare: what salvage rebuilt and what it could not prove.
+    pub salvage: Option<remap_meta::SalvageReport>,
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
@@ -117,6 +123,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             Some(RepairSection {
                 rewritten: r.rewritten,
                 before: r.before,
+                salvage: r.salvage,
             }),
         )
     } else {
@@ -134,6 +141,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         .collect();
     if let Some(e) = &main.error {
         problems.push(e.clone());
+    }
+    if let Some(s) = repair.as_ref().and_then(|r| r.salvage.as_ref())
+        && !s.is_complete()
+    {
+        problems.push(format!(
+            "salvage could not prove the state of every block: {} lost commits left nothing to name their blocks; blocks not proven: {:?}",
+            s.unidentified_lost_commits, s.unproven_blocks
+        ));
     }
     let output = CheckOutput {
         clean: problems.is_empty(),
@@ -173,16 +188,54 @@ fn copy_line(c: &CopyState) -> String {
     }
 }
 
+fn print_salvage(s: &remap_meta::SalvageReport, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(out, "salvage: recovery refused the spare: {}", s.reason)?;
+    writeln!(
+        out,
+        "salvage: rebuilt from {} (sequence {}) and {} journal commits: {} entries; wrote a fresh checkpoint",
+        s.base, s.base_sequence, s.commits_applied, s.entries
+    )?;
+    for l in &s.lost {
+        let blocks = if l.blocks.is_empty() {
+            "no record survives: the blocks it changed cannot be named".to_string()
+        } else {
+            format!("blocks {:?}", l.blocks)
+        };
+        writeln!(
+            out,
+            "salvage: LOST journal commits {}..={}: {blocks}",
+            l.first_sequence, l.last_sequence
+        )?;
+    }
+    if !s.unproven_blocks.is_empty() {
+        writeln!(
+            out,
+            "salvage: state NOT PROVEN for blocks {:?}",
+            s.unproven_blocks
+        )?;
+    }
+    if !s.quarantined_spares.is_empty() {
+        writeln!(
+            out,
+            "salvage: spare blocks {:?} retired: they may hold the only copy of a lost block's data",
+            s.quarantined_spares
+        )?;
+    }
+    Ok(())
+}
+
 fn print_human(
     o: &CheckOutput,
     sb: Option<&Superblock>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     if let Some(r) = &o.repair {
-        if r.rewritten.is_empty() {
+        if let Some(s) = &r.salvage {
+            print_salvage(s, out)?;
+        } else if r.rewritten.is_empty() {
             writeln!(out, "repair: nothing to rewrite")?;
         }
-        for region in &r.rewritten {
+        for region in r.rewritten.iter().filter(|_| r.salvage.is_none()) {
             writeln!(out, "repair: rewrote {region} from the valid copy")?;
         }
     }

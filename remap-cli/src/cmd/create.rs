@@ -179,18 +179,13 @@ fn create_error(pair: &Pair, opts: &CreateOptions, source: MetaError) -> CliErro
         let journal_blocks = opts
             .journal_blocks
             .unwrap_or_else(|| Geometry::default_journal_blocks(*spare_size));
-        let roomy = Geometry::plan(
-            u64::MAX / 4,
-            pair.main.size_bytes(),
-            opts.block_size,
-            journal_blocks,
-            Some(1),
-        );
-        if let Ok(g) = roomy {
+        if let Some(needed) =
+            Geometry::min_spare_size(pair.main.size_bytes(), opts.block_size, journal_blocks)
+        {
             return CliError::SpareTooSmall {
                 path: pair.spare_path.clone(),
                 spare_size: *spare_size,
-                needed: g.pool_offset.saturating_add(opts.block_size.bytes_u64()),
+                needed,
                 journal_blocks,
             };
         }

@@ -183,8 +183,12 @@ pub fn print_human(v: &HealthView, out: &mut dyn Write) -> Result<(), CliError> 
             )?;
             writeln!(
                 out,
-                "            at {:.2} spare blocks a day, fitted over {} remaps",
+                "            at {:.2} spare blocks a day, fitted over {} remaps forced by failures",
                 p.blocks_per_day, p.samples
+            )?;
+            writeln!(
+                out,
+                "            (blocks moved by hand use spares but do not set the rate)"
             )?;
         }
         (None, Some(why)) => writeln!(out, "projection  none: {why}")?,

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 
 use remap_service::settings::SettingChanges;
 
+pub mod activate;
 pub mod check;
 pub mod create;
+pub mod deactivate;
 pub mod dump;
+pub mod generator;
 pub mod health;
 pub mod map;
 pub mod probe;
@@ -18,7 +21,9 @@ pub mod scrub;
 pub mod serve;
 pub mod set;
 pub mod status;
+pub mod table;
 pub mod unmap;
+pub mod upgrade;
 
 /// The device pair, positional, main first.
 #[derive(Debug, Clone, clap::Args)]

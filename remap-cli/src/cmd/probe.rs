@@ -13,17 +13,21 @@ const AFTER_HELP: &str = "\
 Properties printed for a formatted spare:
   ID_FS_TYPE=remap_spare   ID_FS_USAGE=other   ID_FS_VERSION (format version)
   ID_FS_UUID, ID_FS_UUID_ENC (the uuid given at `remap create`)
-  REMAP_STATE=valid        REMAP_BLOCK_SIZE (bytes)
+  REMAP_STATE=valid        REMAP_VALID_COPIES (of the superblock: A, B, tail)
+  REMAP_BLOCK_SIZE (bytes)
   REMAP_MAIN_SIZE (bytes)  REMAP_MAIN_ID_KIND (none, wwid, serial, dm-uuid)
   REMAP_MAIN_ID_ENC        the main device's identity as recorded, \\xNN-encoded as udev does
-A device whose superblock copies carry the remap magic but do not decode prints
-ID_FS_TYPE=remap_spare, ID_FS_USAGE=other and REMAP_STATE=damaged (run `remap check`).
+A spare is found by the rule `remap` uses to open one: the two head copies of the
+superblock and the tail copy in the spare's last 4 KiB, so a spare whose first blocks were
+overwritten is still named (REMAP_VALID_COPIES=tail; run `remap check --repair`). A device
+whose copies carry the remap magic but none decodes prints ID_FS_TYPE=remap_spare,
+ID_FS_USAGE=other and REMAP_STATE=damaged (run `remap check`).
 
 Exit status: 0 a remap spare was found (valid or damaged), 3 no remap metadata on the
 device (nothing printed; `--json` prints {\"found\": false}), 1 the device could not be
 read, 2 usage error.
 
-Reads the two superblock copies only; takes no lock and writes nothing, so it is safe on a
+Reads the superblock copies only; takes no lock and writes nothing, so it is safe on a
 spare that is in use.
 
 Examples:

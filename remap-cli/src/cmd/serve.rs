@@ -17,11 +17,12 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use remap_service::blocks::{BlockList, BlockRange};
 use remap_service::devices::{Access, Pair};
 use remap_service::serve::MAX_FAULT_BLOCKS;
-use remap_service::{FaultPlan, ListenAddr, ServeConfig, ServeSummary, Serving};
+use remap_service::{ConnectionLimits, FaultPlan, ListenAddr, ServeConfig, ServeSummary, Serving};
 
 use crate::error::CliError;
 
@@ -132,6 +133,40 @@ pub struct Args {
     /// start from blank files.
     #[arg(long)]
     pub create: bool,
+
+    /// Clients served at once (in the transmission phase); further clients are closed at
+    /// once until one leaves.
+    #[arg(long, value_name = "N", help_heading = "Client limits",
+          default_value_t = ConnectionLimits::default().max_connections as u64,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_clients: u64,
+
+    /// Connections accepted that have not spoken yet, held without a thread; when full,
+    /// the oldest is closed for the newcomer.
+    #[arg(long, value_name = "N", help_heading = "Client limits",
+          default_value_t = ConnectionLimits::default().max_waiting as u64,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_waiting: u64,
+
+    /// Connections negotiating at once (a thread each); when full, the one negotiating
+    /// longest is closed for the newcomer.
+    #[arg(long, value_name = "N", help_heading = "Client limits",
+          default_value_t = ConnectionLimits::default().max_negotiating as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4_096))]
+    pub max_negotiating: u64,
+
+    /// Seconds a client has from connecting to the end of negotiation (as qemu-nbd's
+    /// --handshake-limit); then it is closed and its slot freed.
+    #[arg(long, value_name = "SECONDS", help_heading = "Client limits",
+          default_value_t = ConnectionLimits::default().handshake_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub handshake_limit: u64,
+
+    /// Seconds between the summary lines that count refused or closed connections.
+    #[arg(long, value_name = "SECONDS", help_heading = "Client limits",
+          default_value_t = ConnectionLimits::default().refusal_log_interval.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub refusal_log_interval: u64,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -309,6 +344,13 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         control,
         metrics: args.metrics,
         create_if_blank: args.create,
+        connection_limits: ConnectionLimits {
+            max_connections: args.max_clients as usize,
+            max_waiting: args.max_waiting as usize,
+            max_negotiating: args.max_negotiating as usize,
+            handshake_timeout: Duration::from_secs(args.handshake_limit),
+            refusal_log_interval: Duration::from_secs(args.refusal_log_interval),
+        },
     };
     let serving = remap_service::serve(pair, config)?;
     if serving.formatted() {
@@ -332,6 +374,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         let mut received = signals.forever();
         if received.next().is_some() {
             tracing::info!("signal received: finishing requests in flight, then stopping");
+            if let Err(e) = remap_service::notify::notify("STOPPING=1") {
+                tracing::warn!("{e}");
+            }
             stop.stop();
         }
         if received.next().is_some() {
@@ -342,6 +387,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 
     print_started(args, &serving, &fail_read, &fail_write, out)?;
     out.flush()?;
+    // Under systemd (remap-serve@.service, Type=notify): ready once every address listens.
+    if let Err(e) = remap_service::notify::notify("READY=1") {
+        tracing::warn!("{e}");
+    }
     let summary = serving.wait()?;
     print_summary(&summary, out)
 }

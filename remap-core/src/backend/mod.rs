@@ -87,17 +87,7 @@ pub enum IoError {
     },
 }
 
-/// `errno` values used on the wire. Linux numbering, which is also what NBD borrows.
-pub mod errno {
-    pub const EPERM: i32 = 1;
-    pub const EIO: i32 = 5;
-    pub const ENOMEM: i32 = 12;
-    pub const EINVAL: i32 = 22;
-    pub const ENOSPC: i32 = 28;
-    pub const EROFS: i32 = 30;
-    pub const EOPNOTSUPP: i32 = 95;
-    pub const EOVERFLOW: i32 = 75;
-}
+pub use crate::errno;
 
 impl IoError {
     /// A media error with the given OS error.
@@ -245,6 +235,16 @@ macro_rules! forward_backend {
 }
 
 forward_backend!(Arc<T>, Box<T>, &T);
+
+impl crate::policy::IoFault for IoError {
+    fn is_media(&self) -> bool {
+        IoError::is_media(self)
+    }
+
+    fn errno(&self) -> i32 {
+        IoError::errno(self)
+    }
+}
 
 #[cfg(test)]
 mod tests {

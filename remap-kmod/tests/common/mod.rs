@@ -261,20 +261,20 @@ impl Target {
         self.spare_byte(spare) / BS
     }
 
-    fn slow_write(&mut self, lba: u64, data: &[u8], fua: bool) -> Result<(), SlowError> {
+    fn work_queue_write(&mut self, lba: u64, data: &[u8], fua: bool) -> Result<(), SlowError> {
         for (i, chunk) in data.chunks(MAX_SLOW_BYTES as usize).enumerate() {
             let at = lba + (i as u64 * MAX_SLOW_BYTES) / BS;
             self.state
-                .slow_write(&self.shared, &mut self.sim, at, chunk, fua, self.now_s)?;
+                .serve_write(&self.shared, &mut self.sim, at, chunk, fua, self.now_s)?;
         }
         Ok(())
     }
 
-    fn slow_read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), SlowError> {
+    fn work_queue_read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), SlowError> {
         for (i, chunk) in buf.chunks_mut(MAX_SLOW_BYTES as usize).enumerate() {
             let at = lba + (i as u64 * MAX_SLOW_BYTES) / BS;
             self.state
-                .slow_read(&self.shared, &mut self.sim, at, chunk, self.now_s)?;
+                .serve_read(&self.shared, &mut self.sim, at, chunk, self.now_s)?;
         }
         Ok(())
     }
@@ -313,7 +313,8 @@ impl Target {
                 },
             };
             if needs_slow {
-                self.slow_write(at, chunk, fua).map_err(|e| e.errno())?;
+                self.work_queue_write(at, chunk, fua)
+                    .map_err(|e| e.errno())?;
             }
             at += n;
             off += chunk.len();
@@ -338,7 +339,7 @@ impl Target {
             let chunk = &mut buf[off..off + len];
             match self.sim.read(dev, offset, chunk) {
                 Ok(()) => {}
-                Err(e) if e.is_media() => self.slow_read(at, chunk).map_err(|e| e.errno())?,
+                Err(e) if e.is_media() => self.work_queue_read(at, chunk).map_err(|e| e.errno())?,
                 Err(e) => return Err(e.errno),
             }
             at += n;

@@ -52,8 +52,19 @@ pub const CHUNK_ERROR: u16 = 0x8001;
 /// The largest reply payload this client accepts (a guard against a broken server).
 const MAX_REPLY: usize = 64 << 20;
 
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+trait Stream: Read + Write + Send {
+    fn read_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+impl Stream for UnixStream {
+    fn read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+impl Stream for TcpStream {
+    fn read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
 
 pub struct Raw {
     s: Box<dyn Stream>,
@@ -118,6 +129,11 @@ impl Raw {
             s: Box::new(s),
             structured: false,
         }
+    }
+
+    /// How long a read waits (20 s unless set).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.s.read_timeout(timeout).expect("set read timeout");
     }
 
     pub fn send(&mut self, b: &[u8]) -> io::Result<()> {
@@ -390,13 +406,22 @@ impl Raw {
     }
 }
 
-/// Resident memory of a process, in bytes.
-pub fn rss_bytes(pid: i32) -> u64 {
+/// A numeric field of `/proc/PID/status` (the number before any unit).
+fn proc_status(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: i32) -> u64 {
+    proc_status(pid, "VmRSS:") * 1024
+}
+
+/// Threads of a process.
+pub fn threads(pid: i32) -> u64 {
+    proc_status(pid, "Threads:")
 }

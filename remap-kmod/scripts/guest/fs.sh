@@ -1,0 +1,129 @@
+#!/bin/sh
+# Filesystems on top of dm-remap-v4, run inside the guest by test.sh (phases 3 and 4).
+#
+#   phase 3   ext4 and xfs, made with default options on a remap device (activated with
+#             `remap activate`) whose main device fails reads and writes in segments under
+#             filesystem metadata and data; files with known checksums, sync, fsck clean;
+#             then writes in flight and an immediate power-off
+#   phase 4   after that power-off: the same tables, the log replayed by a mount, fsck
+#             clean, every synced file verifies; `remap deactivate`
+#
+# Disks: /dev/vdg and /dev/vdi are 512 MiB backings of the two main devices, /dev/vdh and
+# /dev/vdj their spares, formatted on the host with `remap create`. The failing segments
+# (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put (guest-test.sh prints where
+# the host's dry run of the same binaries put them):
+#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 2200-2263 file data
+#         (a 64-block run), 65600-65615 journal
+#   xfs:  16-23 the root inode chunk (the root directory lives in its inode), 200-263 file
+#         data (a 64-block run, past the first 128 blocks that xfs_repair reads whole as
+#         the superblock area), 65560-65575 log
+# The tools are called by path: busybox's applets of the same names come first on PATH.
+# Output as test.sh: RESULT/FAIL/PLAN/SUMMARY; "FSSEG <fs> <first> <last>" for the host,
+# which checks that `remap dump` lists remaps in every segment and nowhere else.
+
+SEGS_ext4="73-76 2121-2121 2200-2263 65600-65615"
+SEGS_xfs="16-23 200-263 65560-65575"
+BACKING_ext4=/dev/vdg SPARE_ext4=/dev/vdh
+BACKING_xfs=/dev/vdi SPARE_xfs=/dev/vdj
+FS_BLOCKS=131072
+
+# The main device's table: linear over the backing, error over each segment.
+fs_table() { # backing "first-last ..."
+  pos=0
+  for seg in $2; do
+    first=${seg%-*} last=${seg#*-}
+    [ "$first" -gt "$pos" ] && echo "$((pos * 8)) $(((first - pos) * 8)) linear $1 $((pos * 8))"
+    echo "$((first * 8)) $(((last - first + 1) * 8)) error"
+    pos=$((last + 1))
+  done
+  echo "$((pos * 8)) $(((FS_BLOCKS - pos) * 8)) linear $1 $((pos * 8))"
+}
+
+fs_up() { # fs
+  eval backing=\$BACKING_$1 spare=\$SPARE_$1 segs=\$SEGS_$1
+  fs_table "$backing" "$segs" | dmsetup create --noudevsync "m$1" && dmsetup mknodes "m$1" &&
+    remap activate "r$1" "/dev/mapper/m$1" "$spare" >/dev/null
+}
+
+mkfs_of() { # fs
+  case $1 in
+    ext4) /sbin/mke2fs -q -t ext4 "/dev/mapper/r$1" ;;
+    xfs) /sbin/mkfs.xfs -q -f "/dev/mapper/r$1" ;;
+  esac
+}
+
+fsck_of() { # fs: read-only, forced; its output goes to the console
+  case $1 in
+    ext4) /sbin/e2fsck -fn "/dev/mapper/r$1" ;;
+    xfs) /sbin/xfs_repair -n "/dev/mapper/r$1" ;;
+  esac
+}
+
+# Files of 4 KiB to 1 MiB cut from pat4m, their checksums in MANIFEST beside them.
+write_files() { # fs
+  d=/mnt/$1
+  i=0
+  for kib in 4 8 12 60 64 68 128 252 256 260 512 1020 1024 36 100 4; do
+    dd if=/data/pat4m of="$d/f$i" bs=1024 skip=$((i * 97)) count="$kib" 2>/dev/null || return 1
+    i=$((i + 1))
+  done
+  mkdir -p "$d/dir" || return 1
+  j=0
+  while [ $j -lt 200 ]; do echo "file $j of a directory that spans blocks" >"$d/dir/entry-with-a-long-name-$j" || return 1; j=$((j + 1)); done
+  (cd "$d" && md5sum f* dir/* >MANIFEST)
+}
+
+if [ "$phase" = 3 ]; then
+  echo "PLAN phase=3 checks=21"
+  check module_loaded insmod /lib/modules/dm_remap.ko
+  for fs in ext4 xfs; do
+    eval segs=\$SEGS_$fs
+    for seg in $segs; do echo "FSSEG $fs ${seg%-*} ${seg#*-}"; done
+    check "${fs}_activated" fs_up $fs
+    stage "mkfs-$fs"
+    check "${fs}_mkfs" mkfs_of $fs
+    mkdir -p "/mnt/$fs"
+    check "${fs}_mounted" mount "/dev/mapper/r$fs" "/mnt/$fs"
+    check "${fs}_files_written" write_files $fs
+    check "${fs}_sync" sync
+    check "${fs}_files_verify" sh -c "cd /mnt/$fs && md5sum -c -s MANIFEST"
+    check "${fs}_unmounted" umount "/mnt/$fs"
+    stage "fsck-$fs"
+    check "${fs}_fsck_clean" fsck_of $fs
+    check "${fs}_remounted" mount "/dev/mapper/r$fs" "/mnt/$fs"
+    check "${fs}_status_has_remaps" sh -c "[ \$(dmsetup status r$fs | awk '{print \$11}') -gt 0 ]"
+  done
+  summary
+  # Writes in flight on both filesystems, then power off: no sync, no unmount.
+  for fs in ext4 xfs; do
+    (
+      k=0
+      while true; do
+        dd if=/data/pat4m of="/mnt/$fs/inflight-$k" bs=64k count=16 2>/dev/null
+        k=$((k + 1))
+      done
+    ) &
+  done
+  sleep 2
+  echo "GUEST: power-off with writes in flight"
+  poweroff -n -f
+fi
+
+if [ "$phase" = 4 ]; then
+  echo "PLAN phase=4 checks=19"
+  check module_loaded insmod /lib/modules/dm_remap.ko
+  for fs in ext4 xfs; do
+    check "${fs}_activated_again" fs_up $fs
+    # A mount replays the journal/log of the crash; fsck then judges the result.
+    check "${fs}_log_replayed" sh -c "mkdir -p /mnt/$fs && mount /dev/mapper/r$fs /mnt/$fs && umount /mnt/$fs"
+    stage "fsck-$fs-after-poweroff"
+    check "${fs}_fsck_clean_after_poweroff" fsck_of $fs
+    check "${fs}_mounted_after_poweroff" mount "/dev/mapper/r$fs" "/mnt/$fs"
+    check "${fs}_synced_files_verify" sh -c "cd /mnt/$fs && md5sum -c -s MANIFEST"
+    expect "${fs}_all_files_listed" 216 "$(wc -l <"/mnt/$fs/MANIFEST")"
+    check "${fs}_unmounted" umount "/mnt/$fs"
+    check "${fs}_deactivated" remap deactivate "r$fs"
+    check "${fs}_main_removed" dmsetup remove --noudevsync "m$fs"
+  done
+  summary
+fi
