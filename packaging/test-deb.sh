@@ -2,8 +2,9 @@
 # Install the `remap` .deb into a clean Debian root (packaging/clean-root.sh) with `dpkg -i`
 # and check, inside it: `remap --help`, `man remap` (naming every subcommand) and
 # `man remap-probe`, bash completion loaded the way bash-completion loads it, `remap probe`
-# on a formatted spare, the installed udev rule under `udevadm test` on a loop device, and
-# that `dpkg -r` removes every file. Then lintian on the package: errors fail.
+# on a formatted spare, the systemd generator and units and the example configurations, the
+# installed udev rule under `udevadm test` on a loop device, and that `dpkg -r` removes
+# every file. Then lintian on the package: errors fail.
 #
 #   packaging/test-deb.sh path/to/remap_*.deb
 set -euo pipefail
@@ -66,6 +67,33 @@ in_root sh -c 'cd /tmp && truncate -s 64M main.img && truncate -s 16M spare.img 
 props=$(in_root remap probe /tmp/spare.img)
 grep -qx "ID_FS_TYPE=remap_spare" <<<"$props" || fail "remap probe in the root: $props"
 ok "remap create and remap probe in the root"
+
+# The boot pieces: the systemd generator (run as systemd runs it, with three directories,
+# on a remaptab made of the installed example with one line taken in), the serve unit, the
+# example configurations.
+for f in /usr/lib/systemd/system-generators/remap-generator /usr/lib/systemd/system/remap-serve@.service \
+  /usr/share/doc/remap/remaptab.example /usr/share/doc/remap/serve.conf.example; do
+  [ -f "$root$f" ] || fail "$f is not installed"
+done
+[ -x "$root/usr/lib/systemd/system-generators/remap-generator" ] || fail "the generator is not executable"
+grep -q '^ExecStart=/usr/bin/remap serve ' "$root/usr/lib/systemd/system/remap-serve@.service" ||
+  fail "remap-serve@.service does not run /usr/bin/remap serve"
+sed "s/^#scratch/scratch/" "$root/usr/share/doc/remap/remaptab.example" >"$root/etc/remaptab"
+mkdir -p "$root/tmp/gen" "$root/tmp/gen-early" "$root/tmp/gen-late"
+# With /proc, as systemd runs generators (the units name the binary by /proc/self/exe).
+unshare -m sh -c 'mount -t proc proc "$1/proc" && chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin \
+  /usr/lib/systemd/system-generators/remap-generator /tmp/gen /tmp/gen-early /tmp/gen-late' sh "$root" >/dev/null ||
+  fail "the installed generator failed on the example remaptab"
+unit=$root/tmp/gen/remap-activate@scratch.service
+[ -f "$unit" ] || fail "the generator wrote no remap-activate@scratch.service: $(ls "$root/tmp/gen")"
+grep -q '^ExecStart=/usr/bin/remap activate scratch /dev/sdb /dev/sdc1' "$unit" || fail "generated unit: $(cat "$unit")"
+# Every man page the units name in Documentation= is installed.
+for page in $(sed -n 's/^Documentation=//p' "$unit" "$root/usr/lib/systemd/system/remap-serve@.service" | tr ' ' '\n' |
+  sed -n 's/^man:\([^(]*\)(\([0-9]\))$/\2:\1/p' | sort -u); do
+  in_root man -w "${page%%:*}" "${page#*:}" >/dev/null 2>&1 || fail "Documentation=man:${page#*:}(${page%%:*}) is not installed"
+done
+rm -f "$root/etc/remaptab"
+ok "systemd generator, remap-serve@.service and the examples installed; the generator writes remap-activate@scratch.service from the example; the man pages the units name are installed"
 
 # The installed rule and binary, through the root's udev, on a loop device.
 loop=$(losetup -f --show "$root/tmp/spare.img")

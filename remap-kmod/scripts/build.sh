@@ -4,7 +4,8 @@
 #   build.sh <6.1|6.12>      prints the path of an env file: KREL, REMAP_KO, DUST_KO
 #
 # With REMAP_KMOD_PREBUILT=DIR, the module is built from that DKMS source tree (its Rust
-# part prebuilt, see packaging/build-dkms.sh) instead of from remap-kmod with cargo.
+# part prebuilt, see packaging/build-dkms.sh) instead of from remap-kmod with cargo, with
+# no rustc or cargo on PATH.
 #
 # Kbuild builds external modules in their source directory, and the two kernels need
 # different objects, so the C glue and Kbuild are copied to a per-kernel directory under
@@ -32,8 +33,15 @@ if [ -n "${REMAP_KMOD_PREBUILT:-}" ]; then
   rm -rf "$src"
   mkdir -p "$src"
   cp -r "$REMAP_KMOD_PREBUILT"/. "$src"/
-  echo "build: dm_remap.ko for $KREL from the prebuilt tree $REMAP_KMOD_PREBUILT" >&2
-  make -s -C "$KHDR" M="$src" CONFIG_DEBUG_INFO_BTF_MODULES= modules >&2
+  # As DKMS builds it (its dkms.conf MAKE[0]), with no Rust toolchain on PATH: the module
+  # the guest test loads is then one built without Rust.
+  norust=/usr/sbin:/usr/bin:/sbin:/bin
+  if env PATH=$norust sh -c 'command -v rustc || command -v cargo' >/dev/null; then
+    echo "build: rustc or cargo is in $norust: this would not be a build without Rust" >&2
+    exit 1
+  fi
+  echo "build: dm_remap.ko for $KREL from the prebuilt tree $REMAP_KMOD_PREBUILT, no rustc/cargo on PATH" >&2
+  env -i PATH=$norust HOME="$work" make -s -C "$KHDR" M="$src" CONFIG_DEBUG_INFO_BTF_MODULES= modules >&2
   ko=$src/dm_remap.ko
 else
   for f in Kbuild dm-remap.c dm-remap-rust.h; do
