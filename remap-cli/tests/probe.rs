@@ -227,6 +227,10 @@ fn a_spare_whose_head_copies_were_overwritten_is_named_by_its_tail_copy_as_open_
     // The same rule as an open: the pair still opens, with the same uuid.
     let status = remap_json(&["status", s(&f.main), s(&f.spare), "--json"]);
     assert_eq!(status["uuid"], uuid.as_str());
+    // And `UUID=` (remaptab, `remap activate`) finds it by the same probe.
+    let found = remap_service::spare_lookup::metadata_uuid(&f.spare).expect("a UUID");
+    assert_eq!(remap_service::status::uuid_text(&found), uuid);
+    assert_eq!(remap_service::spare_lookup::metadata_uuid(&f.main), None);
 }
 
 #[test]
