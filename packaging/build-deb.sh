@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 cargo deb --version >/dev/null 2>&1 || { echo "build-deb: cargo-deb missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 
 out=target/packaging
-rm -rf "$out"
+rm -rf "$out/man" "$out/completions"
 cargo run --quiet --locked --release -p xtask -- man "$out/man" >/dev/null
 cargo run --quiet --locked --release -p xtask -- completions "$out/completions" >/dev/null
 # cargo-deb builds target/release/remap itself (release profile, stripped in the package).

@@ -2,7 +2,7 @@
 # Build the DKMS package of the dm-remap-v4 kernel target, `remap-dkms`, whose build on the
 # target machine needs no Rust toolchain: the Rust logic (remap-kmod with remap-core and
 # remap-meta, core and alloc) is compiled here once, with the union of the supported
-# kernels' mitigation flags (packaging/dkms/rust-flags.sh), into libremap_kmod.a_shipped;
+# kernels' mitigation flags (packaging/dkms/rust-flags.sh), into remap_kmod.o_shipped;
 # DKMS compiles only the C glue per kernel and links it (packaging/dkms/Kbuild), and each
 # kernel's objtool checks the result. Prints the source tree and the .deb, one per line.
 #
@@ -27,14 +27,18 @@ rm -rf "$tree"
 mkdir -p "$tree"
 cp packaging/dkms/Kbuild "$tree/Kbuild"
 cp remap-kmod/kernel/dm-remap.c remap-kmod/kernel/dm-remap-rust.h remap-kmod/kernel/rust-object.sh "$tree/"
-cp "$out/libremap_kmod.a" "$tree/libremap_kmod.a_shipped"
+# Only the crate's member of the archive (core, alloc and the crates LTO-merged into it), as
+# rust-object.sh takes it out at every build: compiler_builtins is never linked.
+member=$(ar t "$out/libremap_kmod.a" | grep -v compiler_builtins | grep 'rcgu\.o$' || true)
+[ "$(echo "$member" | grep -c .)" -eq 1 ] || { echo "build-dkms: expected one crate member, found: $member" >&2; exit 1; }
+ar p "$out/libremap_kmod.a" "$member" >"$tree/remap_kmod.o_shipped"
 cat > "$tree/dkms.conf" <<CONF
 PACKAGE_NAME="$name"
 PACKAGE_VERSION="$version"
 BUILT_MODULE_NAME[0]="dm_remap"
 DEST_MODULE_LOCATION[0]="/updates/dkms"
 AUTOINSTALL="yes"
-# The Rust part is prebuilt for x86-64 (libremap_kmod.a_shipped); only the C glue is compiled.
+# The Rust part is prebuilt for x86-64 (remap_kmod.o_shipped); only the C glue is compiled.
 BUILD_EXCLUSIVE_ARCH="x86_64"
 MAKE[0]="make -C \${kernel_source_dir} M=\${dkms_tree}/\${PACKAGE_NAME}/\${PACKAGE_VERSION}/build modules"
 CLEAN="make -C \${kernel_source_dir} M=\${dkms_tree}/\${PACKAGE_NAME}/\${PACKAGE_VERSION}/build clean"
@@ -56,6 +60,14 @@ Files: *
 Copyright: 2026 remap developers
 License: GPL-2.0-only OR MIT
 COPY
+# The one lintian error, overridden: lintian exempts objects named *.o from "unstripped",
+# not Kbuild's *_shipped; the prebuilt object is linked into the module, so it must keep the
+# symbol table a link needs (it has no debug information: -Cdebuginfo=0).
+mkdir -p "$pkg/usr/share/lintian/overrides"
+cat > "$pkg/usr/share/lintian/overrides/remap-dkms" <<'OVR'
+# The prebuilt Rust part of the module, linked by DKMS: its symbol table is what the link needs.
+remap-dkms: unstripped-binary-or-object [usr/src/dm-remap-*/remap_kmod.o_shipped]
+OVR
 size=$(du -sk "$pkg/usr" | cut -f1)
 cat > "$pkg/DEBIAN/control" <<CTL
 Package: remap-dkms

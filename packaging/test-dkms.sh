@@ -5,12 +5,13 @@
 # cargo, with no compiler or objtool warning, objtool having run with the kernel's
 # mitigation checks; then the existing guest tests run on the module built this way.
 #
-#   packaging/test-dkms.sh path/to/remap-dkms_*.deb [path/to/remap [6.1|6.12|all]]
+#   packaging/test-dkms.sh path/to/remap-dkms_*.deb [path/to/remap|"" [6.1|6.12|all]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 deb=$(realpath "${1:?usage: packaging/test-dkms.sh DEB [REMAP_BIN]}")
-bin=$(realpath "${2:-target/release/remap}")
+# Without a remap binary, guest-test.sh builds one.
+bin=${2:+$(realpath "$2")}
 case "${3:-all}" in
   all) flavours="6.1 6.12" ;;
   6.1 | 6.12) flavours=$3 ;;
@@ -24,7 +25,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dpkg-deb -x "$deb" "$work/root"
 tree=$(echo "$work"/root/usr/src/dm-remap-*)
-[ -f "$tree/dkms.conf" ] && [ -f "$tree/libremap_kmod.a_shipped" ] || fail "no DKMS tree in $deb"
+[ -f "$tree/dkms.conf" ] && [ -f "$tree/remap_kmod.o_shipped" ] || fail "no DKMS tree in $deb"
 if find "$tree" -name '*.rs' -o -name Cargo.toml | grep -q .; then fail "Rust sources in the DKMS tree"; fi
 
 # No Rust toolchain on this PATH.
@@ -63,4 +64,9 @@ echo "test-dkms: the guest tests on the modules built from the package tree" >&2
 REMAP_KMOD_PREBUILT="$tree" REMAP_BIN="$bin" remap-kmod/scripts/guest-test.sh "${3:-all}" ||
   fail "guest tests on the DKMS-built module"
 ok "guest tests pass on $flavours with the module built from the package tree without Rust"
+echo "test-dkms: lintian $(lintian --version | awk '{print $2}'):"
+lint=$(lintian --display-info --show-overrides "$deb" 2>&1 | grep -v "running with root privileges" || true)
+echo "${lint:-(no tags)}"
+if grep -q '^E: ' <<<"$lint"; then fail "lintian reports errors"; fi
+ok "lintian: no errors"
 echo "test-dkms: $passed passed, 0 failed"
