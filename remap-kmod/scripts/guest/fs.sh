@@ -12,11 +12,8 @@
 # /dev/vdj their spares, formatted on the host with `remap create`. The failing segments
 # (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put (guest-test.sh prints where
 # the host's dry run of the same binaries put them):
-#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 33024-33087 file data
-#         (a 64-block run: with flex_bg the kernel puts a regular file's data in the group
-#         after its inode's, here group 1 from 32768, whose first ~64 blocks are the backup
-#         superblock and descriptors; the ~1,500 blocks the files take pack from there),
-#         65600-65615 journal
+#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 2200-2263 file data
+#         (a 64-block run), 65600-65615 journal
 #   xfs:  16-23 the root inode chunk (the root directory lives in its inode), 200-263 file
 #         data (a 64-block run, past the first 128 blocks that xfs_repair reads whole as
 #         the superblock area), 65560-65575 log
@@ -24,7 +21,7 @@
 # Output as test.sh: RESULT/FAIL/PLAN/SUMMARY; "FSSEG <fs> <first> <last>" for the host,
 # which checks that `remap dump` lists remaps in every segment and nowhere else.
 
-SEGS_ext4="73-76 2121-2121 33024-33087 65600-65615"
+SEGS_ext4="73-76 2121-2121 2200-2263 65600-65615"
 SEGS_xfs="16-23 200-263 65560-65575"
 BACKING_ext4=/dev/vdg SPARE_ext4=/dev/vdh
 BACKING_xfs=/dev/vdi SPARE_xfs=/dev/vdj
