@@ -50,12 +50,12 @@ LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
 # One boot. Returns qemu's status; the console goes to $2. Two guest CPUs, run by one TCG
 # thread: with a thread per vCPU, the kernel's live code patching (int3 + text_poke) races
 # in TCG and early boot can oops at random, before anything of ours is loaded.
-boot() { # phase log
-  local phase=$1 out=$2 rc=0
+boot() { # phase log [more kernel parameters]
+  local phase=$1 out=$2 extra=${3:-} rc=0
   timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512 -smp 2 \
     -nographic -no-reboot \
     -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
-    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30))" \
+    -append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30)) $extra" \
     -drive "file=$wd/main.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/spare.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$wd/blank.img,if=virtio,format=raw,cache=unsafe" \
@@ -209,8 +209,12 @@ for flav in $flavours; do
   boot 3 "$wd/boot3.log" || rc=$?
   judge 3 "$wd/boot3.log" "$rc"
   log "$KREL: boot 4, after the power-off with writes in flight (qemu TCG)"
+  # The data run phase 3 placed under a file (guest/fs.sh), for the same tables after the crash.
+  fsdata=$(sed -n 's/^FSSEG \([a-z0-9]*\) \([0-9]*\) \([0-9]*\)$/\1 \2 \3/p' "$wd/boot3.log" |
+    awk '$3 - $2 == 63 { printf "remap.fsdata_%s=%d-%d ", $1, $2, $3 }')
+  [ "$(echo "$fsdata" | wc -w)" = 2 ] || die "$KREL: phase 3 did not report a 64-block data run for each filesystem"
   rc=0
-  boot 4 "$wd/boot4.log" || rc=$?
+  boot 4 "$wd/boot4.log" "$fsdata" || rc=$?
   judge 4 "$wd/boot4.log" "$rc"
   for fs in ext4 xfs; do check_fs_remaps "$fs"; done
   log "$KREL: filesystems on top took $((SECONDS - t_fs))s (boots 3 and 4 and the dumps)"

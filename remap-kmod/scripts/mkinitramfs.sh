@@ -22,7 +22,7 @@ shift 3
 . "$benv"
 
 die() { echo "mkinitramfs: error: $*" >&2; exit 1; }
-for tool in busybox dmsetup objcopy xz cpio gzip ldd mke2fs e2fsck mkfs.xfs xfs_repair; do
+for tool in busybox dmsetup objcopy xz cpio gzip ldd mke2fs e2fsck filefrag mkfs.xfs xfs_repair; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
@@ -50,8 +50,9 @@ with_libs "$dms"
 [ -x "${REMAP_BIN:-}" ] || die "REMAP_BIN does not name a built remap binary"
 objcopy --strip-debug "$REMAP_BIN" "$w/sbin/remap"
 with_libs "$REMAP_BIN"
-# The filesystem tools of the filesystem-on-top phases, with Debian's mke2fs defaults.
-for tool in mke2fs e2fsck mkfs.xfs xfs_repair; do
+# The filesystem tools of the filesystem-on-top phases, with Debian's mke2fs defaults
+# (filefrag finds where a file's data went, for the failing run under it).
+for tool in mke2fs e2fsck filefrag mkfs.xfs xfs_repair; do
   p=$(command -v "$tool") || die "$tool is not installed (e2fsprogs, xfsprogs)"
   cp "$p" "$w/sbin/$tool"
   with_libs "$p"

@@ -20,9 +20,9 @@ use alloc::vec::Vec;
 
 use crate::io::{BlockIo, Dev, EINVAL, EIO, IoFailure, WriteFlags};
 use crate::message::{self, Message};
-use crate::options::Options;
 use crate::status;
 use crate::target::{self, Op, OpenError, OpenParams, Route, Shared, SlowError, State};
+use remap_meta::table_options::Options;
 
 // Provided by the C glue.
 unsafe extern "C" {

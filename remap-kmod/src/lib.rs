@@ -21,7 +21,6 @@ extern crate std;
 
 pub mod io;
 pub mod message;
-pub mod options;
 pub mod status;
 pub mod target;
 
@@ -31,5 +30,5 @@ pub mod ffi;
 
 pub use io::{BlockIo, Dev, IoFailure, WriteFlags};
 pub use message::{Message, MessageError};
-pub use options::{Options, OptionsError};
+pub use remap_meta::table_options::{Options, OptionsError};
 pub use target::{Op, OpenError, OpenParams, Route, Shared, SlowError, State, open};

@@ -9,9 +9,9 @@ use remap_core::Entry;
 use remap_core::health::HealthReasons;
 
 use crate::io::BlockIo;
-use crate::options::{Lossy, parse_u64};
 use crate::status::throughput_bps;
 use crate::target::{Shared, SlowError, State};
+use remap_meta::table_options::{Lossy, parse_u64};
 
 /// The answer to `help`.
 pub const HELP: &str =

@@ -37,7 +37,7 @@ use remap_meta::superblock::IdentityKind;
 use remap_meta::{DeviceIdentity, META_BLOCK};
 
 use crate::io::{BlockIo, Dev, IoFailure, SpareMeta, WriteFlags};
-use crate::options::{Lossy, Options};
+use remap_meta::table_options::{Lossy, Options};
 
 /// The largest request the slow path takes at once, in bytes: the size of the C glue's
 /// bounce buffer, into which it cuts bios.

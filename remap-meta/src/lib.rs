@@ -24,6 +24,7 @@ pub mod journal;
 pub mod layout;
 pub mod recovery;
 pub mod superblock;
+pub mod table_options;
 pub mod wire;
 
 #[cfg(feature = "std")]

@@ -231,7 +231,7 @@ fn parse_options(text: &str) -> Result<(SettingChanges, bool), LineError> {
             continue;
         }
         let max: u64 = match name {
-            "read-retries" => u64::from(remap_kmod::options::MAX_READ_RETRIES),
+            "read-retries" => u64::from(remap_meta::table_options::MAX_READ_RETRIES),
             "error-rate-degraded" | "error-rate-critical" => 1_000_000,
             "spare-used-degraded" | "spare-used-critical" => 100,
             "min-ios-for-rate" | "pending-degraded" | "pending-critical" => u64::MAX,

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use remap_kmod::options::{MAX_IDENTITY, Options};
+use remap_meta::table_options::{MAX_IDENTITY, Options};
 use remap_meta::{IdentityKind, Superblock};
 use serde::Serialize;
 

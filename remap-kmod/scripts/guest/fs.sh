@@ -10,19 +10,21 @@
 #
 # Disks: /dev/vdg and /dev/vdi are 512 MiB backings of the two main devices, /dev/vdh and
 # /dev/vdj their spares, formatted on the host with `remap create`. The failing segments
-# (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put (guest-test.sh prints where
-# the host's dry run of the same binaries put them):
-#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 2200-2263 file data
-#         (a 64-block run), 65600-65615 journal
-#   xfs:  16-23 the root inode chunk (the root directory lives in its inode), 200-263 file
-#         data (a 64-block run, past the first 128 blocks that xfs_repair reads whole as
-#         the superblock area), 65560-65575 log
+# (4 KiB blocks) sit where mke2fs / mkfs.xfs of this size put metadata:
+#   ext4: 73-76 inode table (root's inodes), 2121 root directory block, 65600-65615 journal
+#   xfs:  16-23 the root inode chunk (the root directory lives in its inode), 65560-65575 log
+# and one more under file data, a 64-block run: where the allocator puts a file's data
+# differs between kernels and between runs (per-CPU preallocation, the group scan), so
+# phase 3 writes the file "frun" on the healthy device, asks FIEMAP (filefrag) where its
+# 64 blocks went, reloads the main table with an error segment there, and then rewrites
+# the file in place: every block of it fails on main and is moved. The host hands that
+# segment to phase 4 on the kernel command line (remap.fsdata_<fs>=first-last).
 # The tools are called by path: busybox's applets of the same names come first on PATH.
 # Output as test.sh: RESULT/FAIL/PLAN/SUMMARY; "FSSEG <fs> <first> <last>" for the host,
 # which checks that `remap dump` lists remaps in every segment and nowhere else.
 
-SEGS_ext4="73-76 2121-2121 2200-2263 65600-65615"
-SEGS_xfs="16-23 200-263 65560-65575"
+SEGS_ext4="73-76 2121-2121 65600-65615"
+SEGS_xfs="16-23 65560-65575"
 BACKING_ext4=/dev/vdg SPARE_ext4=/dev/vdh
 BACKING_xfs=/dev/vdi SPARE_xfs=/dev/vdj
 FS_BLOCKS=131072
@@ -30,7 +32,7 @@ FS_BLOCKS=131072
 # The main device's table: linear over the backing, error over each segment.
 fs_table() { # backing "first-last ..."
   pos=0
-  for seg in $2; do
+  for seg in $(for seg in $2; do echo "$seg"; done | sort -n); do
     first=${seg%-*} last=${seg#*-}
     [ "$first" -gt "$pos" ] && echo "$((pos * 8)) $(((first - pos) * 8)) linear $1 $((pos * 8))"
     echo "$((first * 8)) $(((last - first + 1) * 8)) error"
@@ -40,7 +42,7 @@ fs_table() { # backing "first-last ..."
 }
 
 fs_up() { # fs
-  eval backing=\$BACKING_$1 spare=\$SPARE_$1 segs=\$SEGS_$1
+  eval backing=\$BACKING_$1 spare=\$SPARE_$1 segs=\"\$SEGS_$1 \$DATASEG_$1\"
   fs_table "$backing" "$segs" | dmsetup create --noudevsync "m$1" && dmsetup mknodes "m$1" &&
     remap activate "r$1" "/dev/mapper/m$1" "$spare" >/dev/null
 }
@@ -59,6 +61,24 @@ fsck_of() { # fs: read-only, forced; its output goes to the console
   esac
 }
 
+# The 64-block run: "frun" written and synced on the healthy device, its extent found with
+# FIEMAP, an error segment put under it (the main device reloaded), the file rewritten in
+# place with other data and synced: the writes fail on main and the target moves each block.
+data_run() { # fs
+  d=/mnt/$1
+  dd if=/data/pat4m of="$d/frun" bs=4096 count=64 conv=fsync 2>/dev/null || return 1
+  # The first extent must hold logical blocks 0..63 (xfs may report more, allocated ahead).
+  ext=$(/sbin/filefrag -v -b4096 "$d/frun" | awk '$1 ~ /^[0-9]+:$/ { gsub(/[.:]/, " "); print $2, $4, $6; exit }')
+  set -- "$1" $ext
+  [ "$#" = 4 ] && [ "$2" = 0 ] && [ "$4" -ge 64 ] || { echo "frun: no 64-block first extent: '$ext'"; return 1; }
+  set -- "$1" "$3" $(($3 + 63))
+  eval "DATASEG_$1=$2-$3"
+  echo "FSSEG $1 $2 $3"
+  eval backing=\$BACKING_$1 segs=\"\$SEGS_$1 \$DATASEG_$1\"
+  fs_table "$backing" "$segs" | dmsetup reload "m$1" && dmsetup suspend "m$1" && dmsetup resume "m$1" || return 1
+  dd if=/data/pat4m of="$d/frun" bs=4096 count=64 skip=256 conv=notrunc,fsync 2>/dev/null
+}
+
 # Files of 4 KiB to 1 MiB cut from pat4m, their checksums in MANIFEST beside them.
 write_files() { # fs
   d=/mnt/$1
@@ -74,7 +94,7 @@ write_files() { # fs
 }
 
 if [ "$phase" = 3 ]; then
-  echo "PLAN phase=3 checks=21"
+  echo "PLAN phase=3 checks=23"
   check module_loaded insmod /lib/modules/dm_remap.ko
   for fs in ext4 xfs; do
     eval segs=\$SEGS_$fs
@@ -84,6 +104,7 @@ if [ "$phase" = 3 ]; then
     check "${fs}_mkfs" mkfs_of $fs
     mkdir -p "/mnt/$fs"
     check "${fs}_mounted" mount "/dev/mapper/r$fs" "/mnt/$fs"
+    check "${fs}_data_run_moved" data_run $fs
     check "${fs}_files_written" write_files $fs
     check "${fs}_sync" sync
     check "${fs}_files_verify" sh -c "cd /mnt/$fs && md5sum -c -s MANIFEST"
@@ -111,6 +132,9 @@ fi
 
 if [ "$phase" = 4 ]; then
   echo "PLAN phase=4 checks=19"
+  for fs in ext4 xfs; do
+    eval "DATASEG_$fs=$(sed -n "s/.*remap\.fsdata_$fs=\([0-9]*-[0-9]*\).*/\1/p" /proc/cmdline)"
+  done
   check module_loaded insmod /lib/modules/dm_remap.ko
   for fs in ext4 xfs; do
     check "${fs}_activated_again" fs_up $fs
@@ -120,7 +144,7 @@ if [ "$phase" = 4 ]; then
     check "${fs}_fsck_clean_after_poweroff" fsck_of $fs
     check "${fs}_mounted_after_poweroff" mount "/dev/mapper/r$fs" "/mnt/$fs"
     check "${fs}_synced_files_verify" sh -c "cd /mnt/$fs && md5sum -c -s MANIFEST"
-    expect "${fs}_all_files_listed" 216 "$(wc -l <"/mnt/$fs/MANIFEST")"
+    expect "${fs}_all_files_listed" 217 "$(wc -l <"/mnt/$fs/MANIFEST")"
     check "${fs}_unmounted" umount "/mnt/$fs"
     check "${fs}_deactivated" remap deactivate "r$fs"
     check "${fs}_main_removed" dmsetup remove --noudevsync "m$fs"

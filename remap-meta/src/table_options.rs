@@ -7,7 +7,8 @@
 //! Each `<opt>` is `name:value`. Read retries and health thresholds default to what the spare
 //! was formatted with (its superblock); an option overrides them for this activation only.
 //! `main_identity` asserts the main device's serial number or WWN, which the kernel cannot
-//! read by itself (see [`crate::target`]).
+//! read by itself. The kernel target (remap-kmod) parses these; `remap table` and the boot
+//! units (remap-service) write them; both use this one module.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -17,8 +18,8 @@ use remap_core::HealthThresholds;
 /// The most optional arguments a table line may carry (each name at most once).
 pub const MAX_OPTIONS: usize = 9;
 pub use remap_core::policy::MAX_READ_RETRIES;
-/// Longest identity value (the superblock holds 128 bytes).
-pub const MAX_IDENTITY: usize = 128;
+/// Longest identity value: what the superblock holds.
+pub const MAX_IDENTITY: usize = crate::superblock::IDENTITY_MAX;
 
 /// Parsed optional arguments. `None` means "as the superblock says".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
