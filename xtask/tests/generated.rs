@@ -28,7 +28,9 @@ fn run(c: &mut Command) -> String {
 /// `man -l PAGE` rendered as plain text, every run of white space (line breaks and the
 /// justification's double spaces) made one space.
 fn render(page: &std::path::Path) -> String {
+    // --nh: no hyphenation, so a word broken across lines does not come back as "for‐ mat".
     run(Command::new("man")
+        .arg("--nh")
         .arg("-l")
         .arg(page)
         .env("MANWIDTH", "100")
