@@ -18,6 +18,9 @@ case "${3:-all}" in
   *) echo "test-dkms: kernels: 6.1, 6.12 or all" >&2; exit 2 ;;
 esac
 fail() { echo "test-dkms: FAILED: $*" >&2; exit 1; }
+for t in dpkg-deb lintian make; do
+  command -v "$t" >/dev/null || fail "$t missing (scripts/install-deps.sh installs it)"
+done
 passed=0
 ok() { passed=$((passed + 1)); echo "test-dkms: ok: $*"; }
 
