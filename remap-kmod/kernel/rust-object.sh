@@ -17,6 +17,7 @@ if $AR t "$in" >/dev/null 2>&1; then
   $AR p "$in" "$member" > "$out"
 else
   # Already that member, taken out of the archive when the DKMS package was built.
+  member=$(basename "$in")
   cp "$in" "$out"
 fi
 # .eh_frame carries relocations to function starts objtool rejects (no ENDBR there), and the
