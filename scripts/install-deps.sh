@@ -34,11 +34,16 @@ check nbdsh python3-libnbd
 check nbdkit nbdkit
 check fio fio
 check promtool prometheus
+# `remap create` probes SPARE with libblkid through wipefs; its tests make filesystems.
+check wipefs util-linux
+check mkswap util-linux
+check mkfs.ext4 e2fsprogs
+# The shared-storage and read-only tests attach real loop devices (root, loop driver).
+check losetup mount
+check partx util-linux
 # Packaging: the probe's tests (a filesystem on a file, blkid), the udev rule under
 # `udevadm test`, the clean root the .deb installs into, man pages, bash completion, lintian.
-check mkfs.ext4 e2fsprogs
 check blkid util-linux
-check losetup mount
 check udevadm udev
 check debootstrap debootstrap
 check lintian lintian
@@ -60,8 +65,8 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze \
-  mkfs.ext4 blkid losetup udevadm debootstrap lintian man; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze \
+  blkid udevadm debootstrap lintian man; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -75,6 +80,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz >/dev/null
 fi
 
+# remap-ublk: libublk's -sys crate generates its ublk bindings with bindgen, which loads
+# libclang and reads the kernel's uapi headers (linux-libc-dev).
+if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then apt_install libclang-dev; fi
+[ -e /usr/include/linux/ioctl.h ] || apt_install linux-libc-dev
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || { echo "install-deps: libclang is still missing" >&2; exit 1; }
 # cargo-deb builds the .deb (packaging/build-deb.sh).
 if ! cargo deb --version >/dev/null 2>&1; then
   echo "install-deps: cargo install cargo-deb" >&2

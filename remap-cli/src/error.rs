@@ -10,16 +10,18 @@
 use std::io;
 use std::path::PathBuf;
 
-use remap_core::DeviceError;
+use remap_core::{DeviceError, HealthState};
 use remap_meta::open::MetaError;
 use remap_service::ServeError;
 use remap_service::activation::ActivationError;
 use remap_service::blocks::OutOfRange;
+use remap_service::budget::BudgetError;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
 use remap_service::probe::ProbeError;
 use remap_service::scrub::ScrubError;
 use remap_service::settings::SettingsError;
+use remap_service::signatures::SignaturesError;
 use remap_service::smart::SmartError;
 use remap_service::transfer::{BlockError, TransferError};
 
@@ -31,6 +33,15 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit status for a usage error (clap uses the same for its own errors).
 pub const EXIT_USAGE: u8 = 2;
+/// `remap health`'s exit status follows the monitoring plugin convention (Nagios, Icinga,
+/// Sensu): 0 healthy, 1 degraded, 2 critical, 3 unknown (no verdict: a device could not be
+/// opened or read). A usage error is 2 as for every command: a misconfigured check then
+/// shows as critical, loud rather than silent.
+pub const EXIT_HEALTH_DEGRADED: u8 = 1;
+/// See [`EXIT_HEALTH_DEGRADED`].
+pub const EXIT_HEALTH_CRITICAL: u8 = 2;
+/// See [`EXIT_HEALTH_DEGRADED`].
+pub const EXIT_HEALTH_UNKNOWN: u8 = 3;
 /// Exit status when a command was stopped by SIGINT or SIGTERM (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status of `remap probe` when the device holds no remap metadata (not an error).
@@ -155,7 +166,7 @@ pub enum CliError {
     },
 
     /// SIGINT/SIGTERM could not be caught, so a clean stop would be impossible.
-    #[error("cannot catch SIGINT and SIGTERM: {source}")]
+    #[error("cannot catch SIGINT, SIGTERM and SIGHUP: {source}")]
     Signals {
         #[source]
         source: io::Error,
@@ -192,6 +203,32 @@ pub enum CliError {
     #[error(transparent)]
     Smart(#[from] SmartError),
 
+    /// `create` refused what the devices already hold, or could not probe them.
+    #[error("{source}{}", hint_signatures(.source))]
+    Signatures {
+        #[from]
+        source: SignaturesError,
+    },
+
+    /// A `map` needs more spare blocks than are free; nothing was moved.
+    #[error("{source}{}", hint_budget(.source))]
+    Budget {
+        #[from]
+        source: BudgetError,
+    },
+
+    /// Stopped in order by a signal or a failed write on stdout.
+    #[error(transparent)]
+    Stopped(#[from] crate::stop::Stopped),
+
+    /// `remap health`: the verdict is not healthy (the report was printed).
+    #[error("health is {state}")]
+    Unhealthy { state: HealthState },
+
+    /// `remap health` could not reach a verdict: exit 3 (unknown) instead of 1.
+    #[error("{0}")]
+    NoVerdict(Box<CliError>),
+
     /// `remap probe` could not read the device.
     #[error(transparent)]
     Probe(#[from] ProbeError),
@@ -223,6 +260,14 @@ pub enum CliError {
     #[error(transparent)]
     Units(#[from] remap_service::boot_units::UnitsError),
 
+    /// `remap attach` could not start, refused, or ended in failure.
+    #[error(transparent)]
+    Attach(#[from] remap_ublk::AttachError),
+
+    /// `remap detach` failed or refused.
+    #[error(transparent)]
+    Detach(#[from] remap_ublk::DetachError),
+
     /// Writing the command's output failed (other than a closed pipe, which ends quietly).
     #[error("cannot write the output: {source}")]
     Output {
@@ -239,17 +284,26 @@ impl CliError {
             CliError::Usage { .. }
             | CliError::BlockOutOfRange(_)
             | CliError::Pair {
-                source: PairError::SameDevice { .. },
+                source: PairError::SameDevice { .. } | PairError::SharedStorage(_),
             }
             | CliError::Serve {
                 source:
                     ServeError::FaultOutOfRange(_)
                     | ServeError::TooManyFaultBlocks { .. }
-                    | ServeError::Pair(PairError::SameDevice { .. }),
+                    | ServeError::Pair(PairError::SameDevice { .. } | PairError::SharedStorage(_)),
             } => EXIT_USAGE,
             CliError::Settings(e) if e.is_invalid() => EXIT_USAGE,
+            CliError::Control {
+                source: ControlError::UsageRefused { .. },
+            } => EXIT_USAGE,
             CliError::Activation { source } if source.is_usage() => EXIT_USAGE,
             CliError::Interrupted { .. } => EXIT_INTERRUPTED,
+            CliError::Stopped(s) => s.signal_exit_code().unwrap_or(EXIT_FAILED),
+            CliError::Unhealthy { state } => match state {
+                HealthState::Critical => EXIT_HEALTH_CRITICAL,
+                _ => EXIT_HEALTH_DEGRADED,
+            },
+            CliError::NoVerdict(_) => EXIT_HEALTH_UNKNOWN,
             CliError::NothingFound { .. } => EXIT_NOT_FOUND,
             _ => EXIT_FAILED,
         }
@@ -293,6 +347,29 @@ fn hint_transfer(e: &TransferError) -> &'static str {
     match e {
         TransferError::Stopped(b) => hint_block(b),
         TransferError::BlocksFailed { .. } => "; see the messages above",
+        _ => "",
+    }
+}
+
+/// What the command line adds to a refusal to format: the option that overrides it, where
+/// one does.
+fn hint_signatures(e: &SignaturesError) -> &'static str {
+    match e {
+        SignaturesError::SignaturesFound { .. } => ": wipe it first or pass --force",
+        SignaturesError::MainHoldsMetadata { .. } => ". Refused even with --force",
+        SignaturesError::Spawn { .. } | SignaturesError::Failed { .. } => {
+            "; pass --force to format without probing"
+        }
+        _ => "",
+    }
+}
+
+/// What the command line adds to a map that does not fit: the ways out.
+fn hint_budget(e: &BudgetError) -> &'static str {
+    match e {
+        BudgetError::NotEnoughSpares { .. } => {
+            ". Name fewer blocks, free spares with `remap unmap`, or pass --partial to move as many as fit"
+        }
         _ => "",
     }
 }

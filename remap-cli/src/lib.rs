@@ -7,12 +7,18 @@
 //! prints, and maps errors to exit codes:
 //!
 //! - [`cmd`]: one module per subcommand, each with its clap arguments and its `run`;
+//! - [`address`]: TCP addresses on the command line;
+//! - [`stop`]: the orderly stop on SIGINT, SIGTERM, SIGHUP or a closed stdout;
+//! - [`plain_json`]: JSON for programs without Rust's `Result` and enum encodings;
 //! - [`error`]: the error type and its exit codes;
 //! - [`units`]: sizes for the human-readable output.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod cmd;
 pub mod error;
+pub mod plain_json;
+pub mod stop;
 pub mod units;
 
 use std::io::{IsTerminal, Write};
@@ -45,8 +51,12 @@ Examples:
   remap deactivate salvage                    flush, checkpoint and remove it
   remap probe /dev/sdc1                       is this a remap spare? (udev properties)
 
-Exit status: 0 success, 1 the operation failed or problems remain, 2 usage error,
-3 `remap probe` found no remap metadata, 130 interrupted (scrub: the cursor is saved).
+Exit status: 0 success, 1 the operation failed or problems remain (or stdout could not
+be written), 2 usage error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP: map, unmap, scrub
+and serve finish the block in hand, commit, checkpoint and print their summary on stderr
+first (a second signal exits at once; what was acknowledged is in the journal).
+`remap health` exits as monitoring plugins expect: 0 healthy, 1 degraded, 2 critical,
+3 unknown (no verdict). `remap probe` exits 3 when the device holds no remap metadata.
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.
@@ -86,6 +96,8 @@ pub enum Command {
     Set(cmd::set::Args),
     Serve(cmd::serve::Args),
     Upgrade(cmd::upgrade::Args),
+    Attach(cmd::attach::Args),
+    Detach(cmd::detach::Args),
     Table(cmd::table::Args),
     Activate(cmd::activate::Args),
     Deactivate(cmd::deactivate::Args),
@@ -125,6 +137,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Set(args) => cmd::set::run(&args, out),
         Command::Serve(args) => cmd::serve::run(&args, out),
         Command::Upgrade(args) => cmd::upgrade::run(&args, out),
+        Command::Attach(args) => cmd::attach::run(&args, out),
+        Command::Detach(args) => cmd::detach::run(&args, out),
         Command::Table(args) => cmd::table::run(&args, out),
         Command::Activate(args) => cmd::activate::run(&args, out),
         Command::Deactivate(args) => cmd::deactivate::run(&args, out),

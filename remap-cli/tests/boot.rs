@@ -154,5 +154,21 @@ fn serve_tells_systemd_it_is_ready_and_stopping() {
     let n = rx.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
     assert_eq!(&buf[..n], b"STOPPING=1");
     let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    // The orderly stop on SIGTERM exits 143 (issue 11); the unit counts it a success
+    // (SuccessExitStatus).
+    assert_eq!(status.code(), Some(143), "{status}");
+}
+
+#[test]
+fn the_attach_template_verifies() {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/remap-attach@.service");
+    let body = std::fs::read_to_string(&dist).expect("dist/systemd/remap-attach@.service");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("remap-attach@test.service");
+    std::fs::write(
+        &unit,
+        body.replace("/usr/bin/remap", env!("CARGO_BIN_EXE_remap")),
+    )
+    .unwrap();
+    verify(&[unit]);
 }

@@ -95,7 +95,8 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("already on spare block"));
     // Refusals come back as messages: past the end, unreadable data.
     let o = remap(&["map", "--control", c, "99999999"]);
-    assert_eq!(o.status.code(), Some(1));
+    // Past the end is a usage error, exit 2 as offline.
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("beyond the end"),
         "{}",
@@ -126,7 +127,7 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     assert_eq!(st["scrub_passes"], 1);
 
     // Health, live: degraded by the pending blocks, with rates over the windows.
-    let h = remap_json(&["health", "--control", c, "--json"]);
+    let h = health_json(&["health", "--control", c, "--json"]);
     assert_eq!(h["state"], "degraded");
     assert!(
         h["reasons"][0]["message"]
@@ -148,7 +149,7 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
     );
     // The windows are fed every second: the pending marks appear in the minute window.
     wait_for(Duration::from_secs(10), "the minute window", || {
-        let h = remap_json(&["health", "--control", c, "--json"]);
+        let h = health_json(&["health", "--control", c, "--json"]);
         (h["rates"]["windows"][0]["pending_marked"] == 3).then_some(())
     });
 
@@ -161,17 +162,20 @@ fn status_map_health_set_and_scrub_work_live_through_the_socket() {
         "{}",
         text(&o)
     );
-    let h = remap_json(&["health", "--control", c, "--json"]);
+    let h = health_json(&["health", "--control", c, "--json"]);
     assert_eq!(h["state"], "critical");
     let o = remap(&["set", "--control", c, "--pending-degraded", "9"]);
-    assert_eq!(o.status.code(), Some(1));
+    // A usage error, as offline.
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("above the critical one"));
 
     let (out, err) = served.stop();
     assert!(err.contains("control connection opened"), "{err}");
     assert!(err.contains("control command"), "{err}");
-    assert!(out.contains("remapped: 3,8,9"), "{out}");
-    assert!(out.contains("pending: 10,2000,2001"), "{out}");
+    // The exit summary is on stderr (stopped by SIGTERM).
+    assert!(!out.contains("remapped:"), "{out}");
+    assert!(err.contains("remapped: 3,8,9"), "{err}");
+    assert!(err.contains("pending: 10,2000,2001"), "{err}");
     assert!(!ctl.exists(), "the socket file is removed on exit");
     let st = remap_json(&["status", "--json", s(&f.main), s(&f.spare)]);
     assert_eq!(st["thresholds"]["pending_critical"], 3);
@@ -332,8 +336,8 @@ fn a_background_scrub_does_not_fail_client_io() {
     let st = remap_json(&["status", "--control", s(&ctl), "--json"]);
     assert_eq!(st["stats"]["failed_ios"], 0, "no client request failed");
     assert_eq!(st["blocks"]["remapped"], 4, "the failing writes moved");
-    let (out, _) = served.stop();
-    assert!(out.contains("remapped: 100,101,102,103"), "{out}");
+    let (_, err) = served.stop();
+    assert!(err.contains("remapped: 100,101,102,103"), "{err}");
     // The stopped scrub's cursor survives the restart.
     let st = remap_json(&["status", "--json", s(&f.main), s(&f.spare)]);
     assert_eq!(st["scrub_cursor"].as_u64(), Some(cursor));

@@ -20,7 +20,7 @@ fn fixture(name: &str) -> PathBuf {
 fn health(f: &Files, extra: &[&str]) -> Value {
     let mut args = vec!["health", s(&f.main), s(&f.spare), "--json"];
     args.extend_from_slice(extra);
-    remap_json(&args)
+    health_json(&args)
 }
 
 fn smart_reasons(v: &Value) -> Vec<(u64, String, String)> {
@@ -213,7 +213,8 @@ fn bad_smart_input_is_one_clear_line_before_anything_is_opened() {
         "--smart-json",
         s(&junk),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    // No verdict: 3, unknown, as monitoring plugins expect.
+    assert_eq!(o.status.code(), Some(3));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("is not smartctl JSON output"), "{err}");
@@ -224,6 +225,6 @@ fn bad_smart_input_is_one_clear_line_before_anything_is_opened() {
         "--smart-json",
         "/nonexistent.json",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read /nonexistent.json"));
 }

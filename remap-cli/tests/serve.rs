@@ -316,8 +316,11 @@ fn injected_faults_become_remaps_and_pending_blocks_that_survive_a_restart() {
     c.disconnect();
 
     let (code, out, err) = served.stop();
-    assert_eq!(code, 0, "clean exit on SIGTERM: {out}\n{err}");
-    assert!(out.contains("4 remapped, 1 pending"), "{out}");
+    assert_eq!(code, 143, "orderly stop on SIGTERM: {out}\n{err}");
+    assert!(
+        err.contains("4 remapped, 1 pending"),
+        "summary on stderr: {err}"
+    );
 
     // After the restart (a fresh process), the table and the data are on disk.
     let o = remap(&[
@@ -381,7 +384,7 @@ fn injected_faults_become_remaps_and_pending_blocks_that_survive_a_restart() {
     assert_eq!(c.read(7 * BS, BS as u32).unwrap(), pattern(77));
     c.disconnect();
     let (code, _, err) = served.stop();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 143, "{err}");
 }
 
 #[test]
@@ -394,7 +397,7 @@ fn read_only_refuses_writes_and_bad_fault_lists_are_usage_errors() {
     assert_eq!(c.read(0, BS as u32).unwrap(), vec![0u8; BS as usize]);
     c.disconnect();
     let (code, _, err) = served.stop();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 143, "{err}");
 
     let (m, s) = (main.to_str().unwrap(), spare.to_str().unwrap());
     let sock = socket.to_str().unwrap();
@@ -449,7 +452,7 @@ fn demo_creates_a_pair_with_failing_blocks_and_keeps_it() {
     assert_eq!(live["blocks"]["remapped"], 1);
     assert_eq!(live["blocks"]["pending"], 1);
     let (code, out, err) = served.stop();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 143, "{err}");
     assert!(
         out.contains("remap status --control remap-demo/control.sock"),
         "{out}"
@@ -463,7 +466,7 @@ fn demo_creates_a_pair_with_failing_blocks_and_keeps_it() {
     assert_eq!(c.read(1000 * BS, BS as u32).unwrap(), pattern(10));
     c.disconnect();
     let (code, _, err) = served.stop();
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 143, "{err}");
     let o = remap(&[
         "dump",
         "--json",

@@ -113,10 +113,10 @@ fn failing_writes_all_succeed_show_live_and_survive_a_restart() {
         text(&human)
     );
 
-    let (out, _) = served.stop();
+    let (_, err) = served.stop();
     assert!(
-        out.contains("remapped: 5,100,101,102,103,2050,3000"),
-        "{out}"
+        err.contains("remapped: 5,100,101,102,103,2050,3000"),
+        "{err}"
     );
 
     // After the restart (fresh processes): the table lists them, the metadata checks.
@@ -160,10 +160,10 @@ fn failing_writes_all_succeed_show_live_and_survive_a_restart() {
         ],
     );
     assert!(nbdsh(&nbdsh_verify_script(&uri)).contains("nbdsh verified"));
-    let (out, _) = served.stop();
+    let (_, err) = served.stop();
     assert!(
-        out.contains("remapped: 5,100,101,102,103,2050,3000"),
-        "{out}"
+        err.contains("remapped: 5,100,101,102,103,2050,3000"),
+        "{err}"
     );
     let st: Value = remap_json(&["status", "--json", s(&f.main), s(&f.spare)]);
     assert_eq!(st["counters"]["failed_ios"], 0);

@@ -32,6 +32,9 @@ case "${1:-all}" in
   *) die "usage: guest-test.sh [6.1|6.12|all]" ;;
 esac
 
+# shellcheck source=guest-lib.sh
+. "$here/guest-lib.sh"
+
 for tool in qemu-system-x86_64 busybox dmsetup cpio xz objcopy; do
   command -v "$tool" >/dev/null || die "$tool is not installed (scripts/test.sh installs it)"
 done
@@ -47,51 +50,11 @@ log "building the dm-log-writes replay check"
 LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
 [ -x "$LOG_REPLAY" ] || die "no log_replay at $LOG_REPLAY"
 
-# One boot. Returns qemu's status; the console goes to $2. no_timer_check: under a loaded
-# host the emulated timer can miss the kernel's IO-APIC check, which then panics at boot
-# ("IO-APIC + timer doesn't work"). Two guest CPUs, run by one TCG
-# thread: with a thread per vCPU, the kernel's live code patching (int3 + text_poke) races
-# in TCG and early boot can oops at random, before anything of ours is loaded.
+# One boot of this test's disks (guest-lib.sh: qemu_boot, judge).
 boot() { # phase log [more kernel parameters]
-  local phase=$1 out=$2 extra=${3:-} rc=0
-  timeout --foreground "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -cpu max -m 512 -smp 2 \
-    -nographic -no-reboot \
-    -kernel "$KIMAGE" -initrd "$wd/initrd.gz" \
-    -append "console=ttyS0 no_timer_check panic=-1 oops=panic panic_on_warn=1 loglevel=4 rdinit=/init remap.phase=$phase remap.hang=$((timeout_s - 30)) $extra" \
-    -drive "file=$wd/main.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/spare.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/blank.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/small.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/logspare.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/log.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-ext4.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-ext4-spare.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-xfs.img,if=virtio,format=raw,cache=unsafe" \
-    -drive "file=$wd/fs-xfs-spare.img,if=virtio,format=raw,cache=unsafe" \
-    </dev/null 2>&1 | tr -d '\r' > "$out" || rc=$?
-  return "$rc"
-}
-
-# Judge one boot's console log.
-judge() { # phase log qemu-status
-  local phase=$1 out=$2 rc=$3 plan summary passed failed
-  grep -E '^(RESULT|FAIL|PERF|EXPECT|PLAN|SUMMARY|FINAL|STAGE)' "$out" | grep -v '^RESULT ok' >&2 || true
-  [ "$rc" -ne 124 ] || die "$KREL phase $phase: the guest hung (no power-off within ${timeout_s}s); see $out"
-  if grep -q -E 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out"; then
-    grep -n -E -A20 'Kernel panic|BUG:|Oops|WARNING:|general protection fault|Call Trace:|Rust panic|stack overflow' "$out" | head -60 >&2
-    die "$KREL phase $phase: the kernel reported a panic, oops, BUG or WARN; see $out"
-  fi
-  [ "$rc" -eq 0 ] || die "$KREL phase $phase: qemu exited with status $rc; see $out"
-  grep -q '^FAIL' "$out" && die "$KREL phase $phase: checks failed (FAIL lines above); see $out"
-  plan=$(sed -n "s/^PLAN phase=$phase checks=\([0-9]*\)$/\1/p" "$out")
-  summary=$(grep "^SUMMARY phase=$phase " "$out" || true)
-  [ -n "$plan" ] || die "$KREL phase $phase: no PLAN line; see $out"
-  [ -n "$summary" ] || die "$KREL phase $phase: no SUMMARY line (the test stopped early); see $out"
-  passed=$(echo "$summary" | sed -n 's/.* passed=\([0-9]*\) .*/\1/p')
-  failed=$(echo "$summary" | sed -n 's/.* failed=\([0-9]*\)$/\1/p')
-  [ "$failed" = 0 ] || die "$KREL phase $phase: $failed checks failed; see $out"
-  [ "$passed" = "$plan" ] || die "$KREL phase $phase: $passed checks passed of $plan planned; see $out"
-  log "$KREL phase $phase: $passed/$plan checks passed"
+  BOOT_APPEND=${3:-} qemu_boot "$1" "$2" "$wd/main.img" "$wd/spare.img" "$wd/blank.img" \
+    "$wd/small.img" "$wd/logspare.img" "$wd/log.img" "$wd/fs-ext4.img" \
+    "$wd/fs-ext4-spare.img" "$wd/fs-xfs.img" "$wd/fs-xfs-spare.img"
 }
 
 # The remapped blocks `remap dump` finds on the spare, sorted, one per line.
@@ -114,27 +77,6 @@ compare_dump() { # label
   if "$REMAP_BIN" dump "$wd/main.img" "$wd/spare.img" --json | grep -q '"state":"pending"'; then
     die "$KREL: remap dump ($1) shows pending blocks; the guest rewrote them all"
   fi
-}
-
-# Every block `remap dump` lists as remapped on a filesystem pair lies in one of the
-# failing segments the guest printed (FSSEG), and every segment holds at least one: the
-# filesystem really wrote over each, and nothing outside them moved.
-check_fs_remaps() { # fs
-  local fs=$1 remapped segs
-  remapped=$("$REMAP_BIN" dump "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" --json |
-    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
-    die "$KREL: remap dump of the $fs pair failed"
-  segs=$(sed -n "s/^FSSEG $fs \([0-9]*\) \([0-9]*\)$/\1 \2/p" "$wd/boot3.log")
-  [ -n "$segs" ] || die "$KREL: the guest printed no FSSEG lines for $fs"
-  echo "$remapped" | awk -v fs="$fs" -v k="$KREL" -v segs="$segs" '
-    BEGIN { n = split(segs, a, /[ \n]/); for (i = 1; i < n; i += 2) { lo[++m] = a[i]; hi[m] = a[i + 1] } }
-    NF { hit = 0; for (j = 1; j <= m; j++) if ($1 >= lo[j] && $1 <= hi[j]) { hit = 1; c[j]++ }
-         if (!hit) { print "guest-test: " k ": " fs ": block " $1 " remapped outside the failing segments"; bad = 1 }
-         total++ }
-    END { for (j = 1; j <= m; j++) { printf "guest-test: %s: %s: segment %d-%d: %d remaps\n", k, fs, lo[j], hi[j], c[j] + 0
-                                       if (c[j] == 0) bad = 1 }
-          printf "guest-test: %s: %s: %d remaps in all\n", k, fs, total; exit bad }' >&2 ||
-    die "$KREL: $fs: remap dump does not show remaps in every failing segment and only there"
 }
 
 for flav in $flavours; do
@@ -212,9 +154,7 @@ for flav in $flavours; do
   judge 3 "$wd/boot3.log" "$rc"
   log "$KREL: boot 4, after the power-off with writes in flight (qemu TCG)"
   # The data run phase 3 placed under a file (guest/fs.sh), for the same tables after the crash.
-  fsdata=$(sed -n 's/^FSSEG \([a-z0-9]*\) \([0-9]*\) \([0-9]*\)$/\1 \2 \3/p' "$wd/boot3.log" |
-    awk '$3 - $2 == 63 { printf "remap.fsdata_%s=%d-%d ", $1, $2, $3 }')
-  [ "$(echo "$fsdata" | wc -w)" = 2 ] || die "$KREL: phase 3 did not report a 64-block data run for each filesystem"
+  fsdata=$(fs_data_params "$wd/boot3.log")
   rc=0
   boot 4 "$wd/boot4.log" "$fsdata" || rc=$?
   judge 4 "$wd/boot4.log" "$rc"

@@ -57,6 +57,10 @@ for tool in mke2fs e2fsck filefrag mkfs.xfs xfs_repair; do
   cp "$p" "$w/sbin/$tool"
   with_libs "$p"
 done
+# util-linux's blkdiscard for write-zeroes (-z; busybox's has no -z), under its own name.
+p=$(command -v blkdiscard) || die "blkdiscard is not installed (util-linux)"
+cp "$p" "$w/sbin/blkdiscard.util-linux"
+with_libs "$p"
 mkdir -p "$w/etc"
 cp /etc/mke2fs.conf "$w/etc/mke2fs.conf"
 ln -s /proc/mounts "$w/etc/mtab"
@@ -98,6 +102,9 @@ add_module() { # name: dependencies first, each module once
 for m in virtio_pci virtio_blk dm-mod dm-flakey dm-log-writes crc32c_generic ext4 xfs; do
   add_module "$m"
 done
+# ublk_drv for `remap attach` (remap-ublk/scripts/guest/ublk.sh), where the kernel has it
+# (Debian's 6.12; 6.1 does not build it, and the guest test checks the refusal there).
+if [ -n "$(ko_path ublk_drv)" ]; then add_module ublk_drv; fi
 cp "$REMAP_KO" "$w/lib/modules/dm_remap.ko"
 cp "$DUST_KO" "$w/lib/modules/dm-dust.ko"
 printf '%s\n' "${order[@]}" dm-dust > "$w/lib/modules/load-order"
@@ -105,7 +112,8 @@ printf '%s\n' "${order[@]}" dm-dust > "$w/lib/modules/load-order"
 cp "$here/guest/init" "$w/init"
 cp "$here/guest/test.sh" "$w/test.sh"
 cp "$here/guest/fs.sh" "$w/fs.sh"
-chmod +x "$w/init" "$w/test.sh" "$w/fs.sh"
+cp "$here/../../remap-ublk/scripts/guest/ublk.sh" "$w/ublk.sh"
+chmod +x "$w/init" "$w/test.sh" "$w/fs.sh" "$w/ublk.sh"
 for f in "$@"; do cp "$f" "$w/data/"; done
 
 (cd "$w" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"

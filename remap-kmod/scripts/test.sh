@@ -81,4 +81,7 @@ step "the remap-dkms package, built once"
 dkms_deb=$(packaging/build-dkms.sh | tail -n1)
 step "remap-dkms built without Rust against each kernel, objtool-clean; guest tests (qemu TCG) on that module"
 packaging/test-dkms.sh "$dkms_deb" "${REMAP_BIN:-}" "$which_kernels"
+
+step "guest tests of remap attach over ublk (qemu TCG; the refusal on 6.1)"
+"$repo/remap-ublk/scripts/guest-test.sh" "$which_kernels"
 step "done"

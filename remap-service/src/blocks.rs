@@ -155,6 +155,11 @@ impl BlockList {
         }
     }
 
+    /// The merged runs, ascending.
+    pub fn runs(&self) -> &[BlockRange] {
+        &self.runs
+    }
+
     /// Every block, in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.runs.iter().flat_map(|r| r.first..=r.last)

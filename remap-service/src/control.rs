@@ -16,8 +16,8 @@
 //! < {"ok":false,"error":"bad request: unknown variant `frobnicate`, ..."}
 //! ```
 //!
-//! Commands: `status`, `health`, `map` (`blocks`, optional `zero_unreadable`),
-//! `scrub-start` (optional `rate_bytes_per_s`), `scrub-stop`, `scrub-status`, `set`
+//! Commands: `status`, `health`, `map` (`blocks`, optional `zero_unreadable` and
+//! `partial`), `unmap` (`blocks`), `scrub-start` (optional `rate_bytes_per_s`), `scrub-stop`, `scrub-status`, `set`
 //! (`changes`: thresholds and read retries, [`SettingChanges`]).
 //!
 //! # Limits
@@ -48,8 +48,8 @@ use serde_json::Value;
 use remap_core::BlockBackend;
 
 use crate::blocks::BlockRange;
-use crate::live::Live;
-use crate::settings::{SavedSettings, SettingChanges};
+use crate::live::{Live, MapError, ScrubStartError};
+use crate::settings::{SavedSettings, SettingChanges, SettingsError};
 
 /// The longest request line, in bytes (newline excluded).
 pub const MAX_REQUEST_BYTES: usize = 64 << 10;
@@ -77,6 +77,14 @@ pub enum Request {
         blocks: Vec<BlockRange>,
         #[serde(default)]
         zero_unreadable: bool,
+        /// Move as many as the free spares allow instead of refusing a request that needs
+        /// more.
+        #[serde(default)]
+        partial: bool,
+    },
+    /// Move blocks back to main, verified.
+    Unmap {
+        blocks: Vec<BlockRange>,
     },
     /// Start a background scrub from the persisted cursor.
     ScrubStart {
@@ -99,6 +107,7 @@ impl Request {
             Request::Status {} => "status",
             Request::Health {} => "health",
             Request::Map { .. } => "map",
+            Request::Unmap { .. } => "unmap",
             Request::ScrubStart { .. } => "scrub-start",
             Request::ScrubStop {} => "scrub-stop",
             Request::ScrubStatus {} => "scrub-status",
@@ -115,6 +124,10 @@ pub struct Reply {
     pub result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The refusal is a usage error (a block past the end, inverted thresholds, a bad
+    /// request): the client exits 2, as the same mistake does offline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage: bool,
 }
 
 impl Reply {
@@ -123,6 +136,7 @@ impl Reply {
             ok: true,
             result: Some(result),
             error: None,
+            usage: false,
         }
     }
 
@@ -131,7 +145,48 @@ impl Reply {
             ok: false,
             result: None,
             error: Some(message.into()),
+            usage: false,
         }
+    }
+
+    fn usage_error(message: impl Into<String>) -> Reply {
+        Reply {
+            usage: true,
+            ..Reply::error(message)
+        }
+    }
+}
+
+/// A request's refusal: its text, and whether the same mistake is a usage error offline
+/// (then the reply says so and the client exits 2).
+pub trait Refusal: std::fmt::Display {
+    fn is_usage(&self) -> bool;
+}
+
+impl Refusal for Infallible {
+    fn is_usage(&self) -> bool {
+        match *self {}
+    }
+}
+
+impl Refusal for MapError {
+    fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            MapError::NoBlocks | MapError::TooMany { .. } | MapError::OutOfRange(_)
+        )
+    }
+}
+
+impl Refusal for ScrubStartError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ScrubStartError::ZeroRate)
+    }
+}
+
+impl Refusal for SettingsError {
+    fn is_usage(&self) -> bool {
+        self.is_invalid()
     }
 }
 
@@ -159,6 +214,9 @@ pub enum ControlError {
     },
     #[error("{}: the server refused the request: {message}", path.display())]
     Refused { path: PathBuf, message: String },
+    /// Refused as a usage error (the client exits 2, as offline).
+    #[error("{}: the server refused the request: {message}", path.display())]
+    UsageRefused { path: PathBuf, message: String },
     #[error("{}: another server already listens on this control socket", path.display())]
     InUse { path: PathBuf },
     #[error("{}: exists and is not a socket; refusing to replace it", path.display())]
@@ -441,7 +499,7 @@ fn handle<M: BlockBackend + 'static, S: BlockBackend + 'static>(
         Ok(r) => r,
         Err(e) => {
             tracing::info!(conn = id, error = %e, "control: bad request");
-            return Reply::error(format!("bad request: {e}"));
+            return Reply::usage_error(format!("bad request: {e}"));
         }
     };
     tracing::info!(conn = id, cmd = request.name(), "control command");
@@ -451,7 +509,9 @@ fn handle<M: BlockBackend + 'static, S: BlockBackend + 'static>(
         Request::Map {
             blocks,
             zero_unreadable,
-        } => answer(live.map(&blocks, zero_unreadable)),
+            partial,
+        } => answer(live.map(&blocks, zero_unreadable, partial)),
+        Request::Unmap { blocks } => answer(live.unmap(&blocks)),
         Request::ScrubStart { rate_bytes_per_s } => answer(live.scrub_start(rate_bytes_per_s)),
         Request::ScrubStop {} => answer(Ok::<_, Infallible>(live.scrub_stop())),
         Request::ScrubStatus {} => answer(Ok::<_, Infallible>(live.scrub_status())),
@@ -463,14 +523,16 @@ fn handle<M: BlockBackend + 'static, S: BlockBackend + 'static>(
     reply
 }
 
-/// The reply to a request's outcome: its result encoded, or its error's text (the wire
-/// carries the message; the typed error stays in the server's log).
-fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Reply {
+/// The reply to a request's outcome: its result encoded, or its error's text and whether
+/// it is a usage error (the wire carries the message; the typed error stays in the
+/// server's log).
+fn answer<T: Serialize, E: Refusal>(result: Result<T, E>) -> Reply {
     match result {
         Ok(v) => match serde_json::to_value(&v) {
             Ok(v) => Reply::ok(v),
             Err(e) => Reply::error(format!("cannot encode the reply: {e}")),
         },
+        Err(e) if e.is_usage() => Reply::usage_error(e.to_string()),
         Err(e) => Reply::error(e.to_string()),
     }
 }
@@ -523,10 +585,15 @@ pub fn call(path: &Path, request: &Request) -> Result<Value, ControlError> {
             path: path.to_path_buf(),
             reason: ProtocolFault::NoResult,
         }),
-        (false, _, message) => Err(ControlError::Refused {
-            path: path.to_path_buf(),
-            message: message.unwrap_or_else(|| "no reason given".to_string()),
-        }),
+        (false, _, message) => {
+            let message = message.unwrap_or_else(|| "no reason given".to_string());
+            let path = path.to_path_buf();
+            Err(if reply.usage {
+                ControlError::UsageRefused { path, message }
+            } else {
+                ControlError::Refused { path, message }
+            })
+        }
     }
 }
 
@@ -584,7 +651,8 @@ mod tests {
             r,
             Request::Map {
                 blocks: vec![BlockRange { first: 1, last: 3 }],
-                zero_unreadable: false
+                zero_unreadable: false,
+                partial: false,
             }
         );
         let r: Request = serde_json::from_str(r#"{"cmd":"scrub-start"}"#).unwrap();

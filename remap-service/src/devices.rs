@@ -46,6 +46,15 @@ pub enum PairError {
     #[error("{} and {} are the same device; the spare must be a different device or file", main.display(), spare.display())]
     SameDevice { main: PathBuf, spare: PathBuf },
 
+    /// MAIN and SPARE share storage (the same file, disk, or stack of devices). Nothing
+    /// was opened.
+    #[error(transparent)]
+    SharedStorage(#[from] crate::storage::StorageError),
+
+    /// A device the operation must write is read-only. Nothing was opened.
+    #[error(transparent)]
+    ReadOnly(#[from] crate::writable::WritableError),
+
     /// Opening the main or spare device failed (missing, not a device, in use).
     #[error("{}: cannot open the {role} device: {}", path.display(), describe_open(.source))]
     OpenDevice {
@@ -87,6 +96,10 @@ pub enum PairError {
         #[source]
         source: Box<MetaError>,
     },
+
+    /// MAIN holds remap metadata and SPARE none: the arguments look swapped.
+    #[error(transparent)]
+    Swapped(#[from] crate::signatures::SignaturesError),
 
     /// Formatting a blank spare with the defaults failed.
     #[error("{}: cannot format the spare device: {source}", path.display())]
@@ -178,6 +191,13 @@ impl Pair {
         spare_access: Access,
     ) -> Result<Pair, PairError> {
         refuse_same_device(main, spare)?;
+        crate::storage::refuse_shared(main, spare)?;
+        if main_access == Access::ReadWrite {
+            crate::writable::refuse_read_only(main, "main")?;
+        }
+        if spare_access == Access::ReadWrite {
+            crate::writable::refuse_read_only(spare, "spare")?;
+        }
         let main_dev = open_device(main, Role::Main, main_access)?;
         let spare_dev = open_device(spare, Role::Spare, spare_access)?;
         Ok(Pair {
@@ -193,6 +213,7 @@ impl Pair {
     /// device is the one the spare was formatted for.
     pub fn inspect(&self) -> Result<Recovered, PairError> {
         self.refuse_tiny_spare()?;
+        self.refuse_swapped()?;
         let rec = remap_meta::inspect(&self.spare).map_err(|e| self.metadata_error(e))?;
         self.check_main(&rec.superblock)?;
         Ok(rec)
@@ -215,6 +236,8 @@ impl Pair {
         if self.superblock()?.is_some() {
             return Ok(false);
         }
+        // Formatting SPARE beside a MAIN that holds metadata would format the wrong disk.
+        self.refuse_swapped()?;
         remap_meta::create(
             &self.spare,
             self.main.size_bytes(),
@@ -226,6 +249,17 @@ impl Pair {
             source: Box::new(source),
         })?;
         Ok(true)
+    }
+
+    /// A SPARE without remap metadata beside a MAIN that holds some: the arguments are
+    /// swapped, which is worth saying before "format it with `remap create`" is suggested
+    /// (following that hint would format the failing disk).
+    fn refuse_swapped(&self) -> Result<(), PairError> {
+        if self.superblock()?.is_some() {
+            return Ok(());
+        }
+        crate::signatures::refuse_metadata_on_main(&self.main, &self.main_path, &self.spare_path)?;
+        Ok(())
     }
 
     /// A spare smaller than the two superblock copies cannot hold metadata; say so rather
@@ -264,6 +298,7 @@ impl Pair {
         wrap: impl FnOnce(FileBackend) -> M,
     ) -> Result<OpenedDevice<M, FileBackend>, PairError> {
         self.refuse_tiny_spare()?;
+        self.refuse_swapped()?;
         let Pair {
             main,
             spare,

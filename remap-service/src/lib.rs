@@ -5,7 +5,12 @@
 //! one frontend of it; an embedding program is another, see `examples/embed.rs`):
 //!
 //! - [`devices`]: opening and locking a pair ([`devices::Pair`]), formatting a blank spare;
+//! - [`signatures`]: what a device already holds (foreign signatures, remap metadata), asked
+//!   before formatting over it;
+//! - [`writable`]: refusing a read-only device a command must write;
+//! - [`storage`]: whether MAIN and SPARE share storage (loop devices, partitions, stacks);
 //! - [`blocks`]: block lists; [`transfer`]: moving blocks to the spare and back;
+//!   [`budget`]: whether a map fits the free spare blocks;
 //! - [`scrub`] and [`throttle`]: reading every block, rate-limited and resumable;
 //! - [`settings`]: health thresholds and read retries, persisted;
 //! - [`status`], [`health`], [`smart`], [`predict`], [`window`]: the status figures, the
@@ -30,6 +35,7 @@
 pub mod activation;
 pub mod blocks;
 pub mod boot_units;
+pub mod budget;
 pub mod control;
 pub mod devices;
 pub mod dmsetup;
@@ -43,14 +49,17 @@ pub mod remaptab;
 pub mod scrub;
 pub mod serve;
 pub mod settings;
+pub mod signatures;
 pub mod smart;
 pub mod spare_lookup;
 pub mod status;
+pub mod storage;
 pub mod table_line;
 pub mod throttle;
 pub mod time;
 pub mod transfer;
 pub mod window;
+pub mod writable;
 
 pub use devices::{Access, Pair, PairError};
 pub use live::Live;

@@ -9,6 +9,7 @@
 //!   small chunks so that client I/O keeps priority.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use remap_meta::{Superblock, counters};
 use serde::{Deserialize, Serialize};
 
 use crate::blocks::{BlockList, BlockRange, OutOfRange};
+use crate::budget::{self, BudgetError};
 use crate::health::{self, HealthView, Inputs, ProjectionView, Verdict};
 use crate::predict::NoProjection;
 use crate::scrub::{self, ScrubPlan, ScrubStatus};
@@ -48,6 +50,9 @@ pub enum MapError {
     TooMany { requested: u64, max: u64 },
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),
+    /// The blocks need more spare blocks than are free (and no partial move was asked).
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
 /// Why a background scrub was not started.
@@ -112,17 +117,18 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> std::fmt::Debug for L
     }
 }
 
-/// A control `map` request's outcome for one block.
+/// A control `map` or `unmap` request's outcome for one block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapResult {
     pub block: u64,
-    /// `mapped`, `zeroed` (mapped with zeroes: data unreadable), `already`, or `failed`.
+    /// `mapped`, `zeroed` (mapped with zeroes: data unreadable), `already`, `unmapped`
+    /// (moved back to main), `unchanged` (not remapped), or `failed`.
     pub outcome: String,
     pub spare_block: Option<u64>,
     pub error: Option<String>,
 }
 
-/// The reply to a control `map` request.
+/// The reply to a control `map` or `unmap` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapReply {
     pub results: Vec<MapResult>,
@@ -130,6 +136,9 @@ pub struct MapReply {
     pub unchanged: u64,
     pub failed: u64,
     pub requested: u64,
+    /// Blocks never tried because an error stopped the run first.
+    #[serde(default)]
+    pub not_tried: u64,
     /// The error that stopped the run before its end (the pair is in trouble).
     pub stopped_by: Option<String>,
 }
@@ -303,8 +312,53 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
     }
 
     /// Move blocks to the spare now, as a map of a pair at rest does. Blocks that fail are
-    /// reported in the reply; only a request refused as a whole is an error.
-    pub fn map(&self, ranges: &[BlockRange], zero_unreadable: bool) -> Result<MapReply, MapError> {
+    /// reported in the reply; only a request refused as a whole is an error, among them one
+    /// that needs more spare blocks than are free, unless `partial` (then as many move as
+    /// fit, the rest are counted as not tried).
+    pub fn map(
+        &self,
+        ranges: &[BlockRange],
+        zero_unreadable: bool,
+        partial: bool,
+    ) -> Result<MapReply, MapError> {
+        let list = self.control_list(ranges)?;
+        if !partial {
+            budget::check_spares(&self.device, &list, &self.spare_path)?;
+        }
+        let mut results = Vec::new();
+        let summary = transfer::map_blocks(
+            &*self.device,
+            &list,
+            zero_unreadable,
+            self.paths(),
+            &mut |o| {
+                results.push(map_result(o));
+                ControlFlow::Continue(())
+            },
+        );
+        Ok(reply(results, summary))
+    }
+
+    /// Move blocks back to main, verified, as an unmap of a pair at rest does.
+    pub fn unmap(&self, ranges: &[BlockRange]) -> Result<MapReply, MapError> {
+        let list = self.control_list(ranges)?;
+        let mut results = Vec::new();
+        let summary = transfer::unmap_blocks(&*self.device, &list, self.paths(), &mut |o| {
+            results.push(map_result(o));
+            ControlFlow::Continue(())
+        });
+        Ok(reply(results, summary))
+    }
+
+    fn paths(&self) -> Paths<'_> {
+        Paths {
+            main: &self.main_path,
+            spare: &self.spare_path,
+        }
+    }
+
+    /// The blocks of a control `map` or `unmap`, checked against the limit and the device.
+    fn control_list(&self, ranges: &[BlockRange]) -> Result<BlockList, MapError> {
         let list = BlockList::new(ranges);
         if list.is_empty() {
             return Err(MapError::NoBlocks);
@@ -317,49 +371,7 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
         }
         let d = &self.device;
         list.check_within(&self.main_path, d.blocks(), d.block_size().bytes())?;
-        let paths = Paths {
-            main: &self.main_path,
-            spare: &self.spare_path,
-        };
-        let mut results = Vec::new();
-        let summary = transfer::map_blocks(&**d, &list, zero_unreadable, paths, &mut |o| {
-            results.push(match o {
-                Outcome::Mapped { lba, spare, zeroed } => MapResult {
-                    block: *lba,
-                    outcome: if *zeroed { "zeroed" } else { "mapped" }.to_string(),
-                    spare_block: Some(*spare),
-                    error: None,
-                },
-                Outcome::AlreadyMapped { lba, spare } => MapResult {
-                    block: *lba,
-                    outcome: "already".to_string(),
-                    spare_block: Some(*spare),
-                    error: None,
-                },
-                Outcome::Unmapped { lba, .. } | Outcome::AlreadyOnMain { lba } => MapResult {
-                    block: *lba,
-                    outcome: "unchanged".to_string(),
-                    spare_block: None,
-                    error: None,
-                },
-                Outcome::Failed(e) => MapResult {
-                    block: e.lba,
-                    outcome: "failed".to_string(),
-                    spare_block: None,
-                    error: Some(e.to_string()),
-                },
-            });
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .unwrap_or_else(|never| match never {});
-        Ok(MapReply {
-            results,
-            moved: summary.changed,
-            unchanged: summary.unchanged,
-            failed: summary.failed,
-            requested: summary.requested,
-            stopped_by: summary.stopped_by.map(|e| e.to_string()),
-        })
+        Ok(list)
     }
 
     /// Start a background scrub from the persisted cursor to the end of the device, at
@@ -452,5 +464,38 @@ impl<M: BlockBackend + 'static, S: BlockBackend + 'static> Live<M, S> {
     /// Change the persisted settings; the device applies them at once.
     pub fn set(&self, changes: &SettingChanges) -> Result<Settings, SettingsError> {
         settings::update(&self.device, changes, &self.spare_path)
+    }
+}
+
+/// One block's outcome of a control `map` or `unmap`, for the reply.
+fn map_result(o: &Outcome) -> MapResult {
+    let (block, outcome, spare_block, error) = match o {
+        Outcome::Mapped { lba, spare, zeroed } => {
+            let what = if *zeroed { "zeroed" } else { "mapped" };
+            (*lba, what, Some(*spare), None)
+        }
+        Outcome::AlreadyMapped { lba, spare } => (*lba, "already", Some(*spare), None),
+        Outcome::Unmapped { lba, spare } => (*lba, "unmapped", Some(*spare), None),
+        Outcome::AlreadyOnMain { lba } => (*lba, "unchanged", None, None),
+        Outcome::Failed(e) => (e.lba, "failed", None, Some(e.to_string())),
+    };
+    MapResult {
+        block,
+        outcome: outcome.to_string(),
+        spare_block,
+        error,
+    }
+}
+
+/// The reply to a control `map` or `unmap`.
+fn reply(results: Vec<MapResult>, summary: transfer::Summary) -> MapReply {
+    MapReply {
+        results,
+        moved: summary.changed,
+        unchanged: summary.unchanged,
+        failed: summary.failed,
+        requested: summary.requested,
+        not_tried: summary.not_tried,
+        stopped_by: summary.stopped_by.map(|e| e.to_string()),
     }
 }

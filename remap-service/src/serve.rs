@@ -127,7 +127,11 @@ pub enum ServeError {
     #[error("the fault lists name {blocks} blocks together; at most {max} may be injected")]
     TooManyFaultBlocks { blocks: u64, max: u64 },
 
-    /// The NBD server could not start or failed while serving.
+    /// The NBD server could not listen (the message names the address).
+    #[error("{0}")]
+    Listen(#[source] ServerError),
+
+    /// The NBD server failed while serving.
     #[error("{}: cannot serve: {source}", path.display())]
     Nbd {
         path: PathBuf,
@@ -191,6 +195,9 @@ pub struct Serving {
     stopper: Stopper,
     helpers: Vec<JoinHandle<()>>,
     before: StatsSnapshot,
+    /// The metadata sequence at open: unchanged at exit (and no I/O counted) means nothing
+    /// to checkpoint.
+    sequence_at_open: u64,
     faulty: Option<Arc<FaultyBackend<FileBackend>>>,
     listening: Vec<ListenAddr>,
     control: Option<PathBuf>,
@@ -251,6 +258,7 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
     let superblock = opened.superblock;
     let device: Arc<ServedDevice> = Arc::new(opened.device);
     let before = device.stats();
+    let sequence_at_open = device.sequence();
 
     let mut nbd = ServerConfig {
         name: config.name.clone(),
@@ -275,10 +283,8 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
     }
     let export: Arc<dyn BlockBackend> = device.clone();
     let state: Arc<dyn BlockStateSource> = device.clone();
-    let server = Server::new(export, Some(state), nbd).map_err(|source| ServeError::Nbd {
-        path: main_path.clone(),
-        source,
-    })?;
+    // A listen failure is about the address, not about MAIN: its message names it.
+    let server = Server::new(export, Some(state), nbd).map_err(ServeError::Listen)?;
     let stopper = Stopper(server.shutdown_handle());
     let listening = server.local_addrs().to_vec();
 
@@ -307,6 +313,7 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
         stopper,
         helpers,
         before,
+        sequence_at_open,
         faulty,
         listening,
         control,
@@ -405,9 +412,17 @@ impl Serving {
                 tracing::error!("a helper thread of the server panicked");
             }
         }
-        // Whatever the server did, end with a clean shutdown of the device.
+        // End with a clean shutdown of the device (flush + checkpoint), unless nothing
+        // changed since the open (no metadata change, no I/O counted but the server's own
+        // final flush): then nothing is written.
         let device = &self.live.device;
-        let shutdown = device.shutdown();
+        let idle = {
+            let mut now = device.stats();
+            now.flushes = self.before.flushes;
+            now.latency = self.before.latency.clone();
+            device.sequence() == self.sequence_at_open && now == self.before
+        };
+        let shutdown = if idle { Ok(()) } else { device.shutdown() };
         let nbd = served.map_err(|source| ServeError::Nbd {
             path: main_path,
             source,

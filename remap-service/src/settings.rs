@@ -146,6 +146,13 @@ pub fn update<M: BlockBackend, S: BlockBackend>(
     changes: &SettingChanges,
     spare_path: &std::path::Path,
 ) -> Result<Settings, SettingsError> {
+    // A change to the values already set writes nothing.
+    let current = device.settings();
+    let mut proposed = current;
+    changes.apply(&mut proposed);
+    if proposed == current {
+        return Ok(current);
+    }
     device
         .update_settings(|s| changes.apply(s))
         .map_err(|source| match source {

@@ -8,6 +8,7 @@
 //! says the device pair itself is in trouble (spare exhausted, metadata write failed) stops
 //! the loop. Nothing is written for a block that is already where it was asked to go.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use remap_core::{BlockBackend, DeviceError, RemapDevice};
@@ -126,8 +127,23 @@ pub struct Summary {
     pub changed: u64,
     pub unchanged: u64,
     pub failed: u64,
+    /// Blocks never tried because an error stopped the loop first.
+    pub not_tried: u64,
+    /// The device the first failed block's error was about, for the closing count.
+    pub failed_on: Option<PathBuf>,
     /// The error that stopped the loop early, if any.
     pub stopped_by: Option<BlockError>,
+    /// The caller's report asked to stop (a signal, a closed output) after the block in
+    /// hand; the rest were not tried.
+    pub halted: bool,
+}
+
+impl Summary {
+    /// The requested blocks not counted yet: those a stop left untried.
+    fn untried(&self) -> u64 {
+        self.requested
+            .saturating_sub(self.changed + self.unchanged + self.failed)
+    }
 }
 
 /// Whether an engine error is about this block only, so the next block may still succeed.
@@ -175,41 +191,54 @@ impl Paths<'_> {
     }
 }
 
-/// Route one engine result into the summary and the caller's report.
-fn settle<E>(
+/// Route one engine result into the summary and the caller's report. Returns whether the
+/// loop goes on.
+fn settle(
     summary: &mut Summary,
     paths: Paths<'_>,
     lba: u64,
     result: Result<Outcome, DeviceError>,
-    report: &mut dyn FnMut(&Outcome) -> Result<(), E>,
-) -> Result<bool, E> {
+    report: &mut dyn FnMut(&Outcome) -> ControlFlow<()>,
+) -> bool {
     let outcome = match result {
         Ok(o) => o,
         Err(e) if is_about_the_block(&e) => Outcome::Failed(paths.block_error(lba, e)),
         Err(e) => {
             summary.failed += 1;
+            summary.not_tried = summary.untried();
             summary.stopped_by = Some(paths.block_error(lba, e));
-            return Ok(false);
+            return false;
         }
     };
     match &outcome {
         Outcome::Mapped { .. } | Outcome::Unmapped { .. } => summary.changed += 1,
         Outcome::AlreadyMapped { .. } | Outcome::AlreadyOnMain { .. } => summary.unchanged += 1,
-        Outcome::Failed(_) => summary.failed += 1,
+        Outcome::Failed(e) => {
+            summary.failed += 1;
+            summary.failed_on.get_or_insert_with(|| e.path.clone());
+        }
     }
-    report(&outcome)?;
-    Ok(true)
+    // The caller asking to stop ends the loop like a device error: what moved is durable,
+    // the rest is not tried.
+    if report(&outcome).is_break() {
+        summary.not_tried = summary.untried();
+        summary.halted = true;
+        return false;
+    }
+    true
 }
 
 /// Move every block of `blocks` to a spare block, copying its data. An unreadable block is
 /// refused unless `zero_unreadable`. `blocks` must already be checked against the device.
-pub fn map_blocks<M: BlockBackend, S: BlockBackend, E>(
+/// `report` sees each block's outcome as it happens; `ControlFlow::Break` stops the loop
+/// after that block.
+pub fn map_blocks<M: BlockBackend, S: BlockBackend>(
     device: &RemapDevice<M, S>,
     blocks: &BlockList,
     zero_unreadable: bool,
     paths: Paths<'_>,
-    report: &mut dyn FnMut(&Outcome) -> Result<(), E>,
-) -> Result<Summary, E> {
+    report: &mut dyn FnMut(&Outcome) -> ControlFlow<()>,
+) -> Summary {
     let mut summary = Summary {
         requested: blocks.len(),
         ..Summary::default()
@@ -236,21 +265,22 @@ pub fn map_blocks<M: BlockBackend, S: BlockBackend, E>(
                 Err(e) => Err(e),
             },
         };
-        if !settle(&mut summary, paths, lba, result, report)? {
+        if !settle(&mut summary, paths, lba, result, report) {
             break;
         }
     }
-    Ok(summary)
+    summary
 }
 
 /// Move every block of `blocks` back to main: copy, flush, read back and compare, then free
 /// its spare block. A block whose main location still fails stays on its spare.
-pub fn unmap_blocks<M: BlockBackend, S: BlockBackend, E>(
+/// `report` as for [`map_blocks`].
+pub fn unmap_blocks<M: BlockBackend, S: BlockBackend>(
     device: &RemapDevice<M, S>,
     blocks: &BlockList,
     paths: Paths<'_>,
-    report: &mut dyn FnMut(&Outcome) -> Result<(), E>,
-) -> Result<Summary, E> {
+    report: &mut dyn FnMut(&Outcome) -> ControlFlow<()>,
+) -> Summary {
     let mut summary = Summary {
         requested: blocks.len(),
         ..Summary::default()
@@ -266,11 +296,11 @@ pub fn unmap_blocks<M: BlockBackend, S: BlockBackend, E>(
                     .map(|()| Outcome::Unmapped { lba, spare }),
             },
         };
-        if !settle(&mut summary, paths, lba, result, report)? {
+        if !settle(&mut summary, paths, lba, result, report) {
             break;
         }
     }
-    Ok(summary)
+    summary
 }
 
 /// End a map or unmap run: if anything moved, flush both devices and checkpoint (a clean
@@ -300,7 +330,9 @@ pub fn finish<M: BlockBackend, S: BlockBackend>(
     }
     if summary.failed > 0 {
         return Err(TransferError::BlocksFailed {
-            path: paths.main.to_path_buf(),
+            path: summary
+                .failed_on
+                .unwrap_or_else(|| paths.main.to_path_buf()),
             failed: summary.failed,
             requested: summary.requested,
         });

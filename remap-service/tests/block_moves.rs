@@ -2,6 +2,7 @@
 //! healthy disk cannot do: the service's loop (`transfer`), over `remap-core`'s
 //! `FaultyBackend` and the real on-disk format in memory.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -71,9 +72,8 @@ fn map(r: &Rig, blocks: &[&str], zero: bool) -> (Summary, Vec<Outcome>) {
     let mut seen = Vec::new();
     let summary = transfer::map_blocks(&r.device, &list(blocks), zero, paths(), &mut |o| {
         seen.push(describe(o));
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .unwrap();
+        std::ops::ControlFlow::Continue(())
+    });
     (summary, seen)
 }
 
@@ -81,9 +81,8 @@ fn unmap(r: &Rig, blocks: &[&str]) -> (Summary, Vec<Outcome>) {
     let mut seen = Vec::new();
     let summary = transfer::unmap_blocks(&r.device, &list(blocks), paths(), &mut |o| {
         seen.push(describe(o));
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .unwrap();
+        std::ops::ControlFlow::Continue(())
+    });
     (summary, seen)
 }
 
@@ -280,9 +279,8 @@ fn an_exhausted_pool_stops_the_loop_and_keeps_what_moved() {
     let mut seen = 0;
     let summary = transfer::map_blocks(&r.device, &list(&["1-5"]), false, paths(), &mut |_| {
         seen += 1;
-        Ok::<(), std::convert::Infallible>(())
-    })
-    .unwrap();
+        std::ops::ControlFlow::Continue(())
+    });
     assert_eq!(seen, 2, "blocks 1 and 2 reported, then the loop stopped");
     assert_eq!(summary.changed, 2);
     match &summary.stopped_by {
@@ -297,4 +295,56 @@ fn an_exhausted_pool_stops_the_loop_and_keeps_what_moved() {
     assert!(err.to_string().contains("spare pool is exhausted"), "{err}");
     let rec = remap_meta::inspect(&*r.spare).unwrap();
     assert_eq!(rec.table.remapped_count(), 2);
+}
+
+/// Issue 11, "every error names the device it happened on": blocks that fail because SPARE
+/// refuses reads or writes are blamed on SPARE, in each block's message and in the closing
+/// count.
+#[test]
+fn failed_writes_on_the_spare_name_the_spare() {
+    let spare = Arc::new(FaultyBackend::new(MemBackend::new(SPARE), BS as u64));
+    let opts = CreateOptions {
+        journal_blocks: Some(8),
+        pool_blocks: Some(16),
+        ..CreateOptions::default()
+    };
+    let sb: remap_meta::Superblock =
+        remap_meta::create(&*spare, MAIN as u64, DeviceIdentity::NONE, &opts).unwrap();
+    let main = Arc::new(FaultyBackend::new(MemBackend::new(MAIN), BS as u64));
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+    let device = remap_meta::open(main, spare.clone(), &DeviceIdentity::NONE, clock)
+        .unwrap()
+        .device;
+    let first = sb.geometry.pool_offset / BS as u64;
+    // A remapped block whose spare block fails reads: unmap fails for it alone, and the
+    // closing count names SPARE.
+    let summary = transfer::map_blocks(&device, &list(&["3"]), false, paths(), &mut |_| {
+        ControlFlow::Continue(())
+    });
+    transfer::finish(&device, summary, paths()).unwrap();
+    let spare_block = device.entry(3).and_then(|e| e.spare).expect("remapped");
+    spare.fail_reads([first + spare_block]);
+    let summary = transfer::unmap_blocks(&device, &list(&["3"]), paths(), &mut |_| {
+        ControlFlow::Continue(())
+    });
+    assert_eq!(summary.failed, 1);
+    let err = transfer::finish(&device, summary, paths()).unwrap_err();
+    assert!(err.to_string().starts_with("/dev/spare:"), "{err}");
+
+    // Every block of the spare pool refuses writes.
+    spare.fail_writes(first..first + 16);
+    let mut failed = Vec::new();
+    let summary = transfer::map_blocks(&device, &list(&["7"]), false, paths(), &mut |o| {
+        if let Outcome::Failed(e) = o {
+            failed.push(e.to_string());
+        }
+        ControlFlow::Continue(())
+    });
+    let stopped = summary.stopped_by.as_ref().map(ToString::to_string);
+    assert!(!failed.is_empty() || stopped.is_some(), "block 7 moved");
+    for text in failed.iter().chain(stopped.iter()) {
+        assert!(text.starts_with("/dev/spare:"), "{text}");
+    }
+    let err = transfer::finish(&device, summary, paths()).unwrap_err();
+    assert!(err.to_string().starts_with("/dev/spare:"), "{err}");
 }

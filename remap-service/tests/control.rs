@@ -82,6 +82,7 @@ fn requests_change_the_served_device_as_they_say() {
                 last: 12,
             }],
             zero_unreadable: false,
+            partial: false,
         },
     )
     .expect("map");
@@ -106,6 +107,7 @@ fn requests_change_the_served_device_as_they_say() {
                 last: 12,
             }],
             zero_unreadable: false,
+            partial: false,
         },
     )
     .expect("map again");
@@ -134,8 +136,9 @@ fn requests_change_the_served_device_as_they_say() {
             },
         },
     );
+    // Inverted thresholds are a usage error, as offline (issue 11).
     assert!(
-        matches!(refused, Err(ControlError::Refused { .. })),
+        matches!(refused, Err(ControlError::UsageRefused { .. })),
         "{refused:?}"
     );
     assert_eq!(live.device.thresholds().pending_degraded, 1);

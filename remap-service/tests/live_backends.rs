@@ -56,6 +56,7 @@ fn a_memory_device_gets_the_same_operator_side() {
         &Request::Map {
             blocks: vec![BlockRange { first: 5, last: 6 }],
             zero_unreadable: false,
+            partial: false,
         },
     )
     .expect("map");

@@ -106,6 +106,7 @@ fn a_scrape_passes_promtool_and_equals_the_live_status() {
                 last: 1000,
             }],
             false,
+            false,
         )
         .expect("map");
     assert_eq!(map.moved, 1);

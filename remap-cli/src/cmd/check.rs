@@ -15,6 +15,20 @@ use remap_service::devices::{Access, Pair};
 const AFTER_HELP: &str = "\
 Exit status: 0 if everything is valid (or --repair made it so), 1 if problems remain.
 
+--json prints one object:
+  clean       true when no problem remains
+  problems    every remaining problem, one sentence each
+  main        {matches: true/false/null (no valid superblock to compare), error}
+  check       the findings: superblocks [{region (SuperblockA, SuperblockB,
+              SuperblockTail), sequence, error, outdated}], recovery (what an open would
+              do: superblock_used, superblock_a/_b/_tail, checkpoint_sequence,
+              records_replayed, journal_stop {kind, ...}, ...; or {error}), checkpoints
+              [sequence or {error}], journal (counts of live, mirror_used, stale, invalid,
+              foreign blocks), repairable [..], fatal [..]
+  repair      null, or with --repair {rewritten: [region], before: <check as above>,
+              salvage: null or what salvage rebuilt and could not prove}
+A value that could not be read is {\"error\": \"why\"}; a variant is {\"kind\": name, ...}.
+
 Examples:
   remap check /dev/sdb /dev/sdc1
   remap check /dev/sdb /dev/sdc1 --repair
@@ -158,7 +172,9 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         repair,
     };
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &output).map_err(std::io::Error::from)?;
+        let v = serde_json::to_value(&output).map_err(std::io::Error::from)?;
+        serde_json::to_writer_pretty(&mut *out, &crate::plain_json::plain(v))
+            .map_err(std::io::Error::from)?;
         writeln!(out)?;
     } else {
         // The superblock after repair is what the areas and journal were judged against.

@@ -46,19 +46,22 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_block_size)]
     pub block_size: BlockSize,
 
-    /// Format even if SPARE already holds remap metadata. Its remap table, and the data of
-    /// every block that lives on the spare, is lost.
+    /// Format even if SPARE already holds remap metadata or another signature (a
+    /// filesystem, a partition table, ...). Its remap table, the data of every block that
+    /// lives on the spare, and whatever else it held, is lost.
     #[arg(long)]
     pub force: bool,
 
     /// Journal ring size in 4 KiB blocks (4 to 1048576). Default: 1/64 of SPARE, between 64
     /// and 1024.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(
+        i64::from(remap_meta::layout::MIN_JOURNAL_BLOCKS)..=i64::from(remap_meta::layout::MAX_JOURNAL_BLOCKS)
+    ))]
     pub journal_blocks: Option<u32>,
 
     /// Number of spare blocks in the pool. Default: all the room SPARE has after the
     /// metadata.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub spare_blocks: Option<u64>,
 
     /// Health thresholds and read retries to start with.
@@ -139,6 +142,18 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         Access::ReadOnly,
         Access::ReadWrite,
     )?;
+    remap_service::signatures::refuse_metadata_on_main(
+        &pair.main,
+        &pair.main_path,
+        &pair.spare_path,
+    )?;
+    let overwritten = if args.force {
+        // Say what --force destroys; a probe that cannot run does not stop a forced format.
+        remap_service::signatures::find(&pair.spare_path).unwrap_or_default()
+    } else {
+        remap_service::signatures::refuse_signatures(&pair.spare_path)?;
+        Vec::new()
+    };
     let lost = if args.force {
         remapped_blocks_held(&pair)
     } else {
@@ -156,6 +171,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let sb = remap_meta::create(&pair.spare, pair.main.size_bytes(), pair.identity, &opts)
         .map_err(|source| create_error(&pair, &opts, source))?;
     tracing::info!(spare = %pair.spare_path.display(), pool_blocks = sb.geometry.pool_blocks, "spare formatted");
+    for signature in &overwritten {
+        eprintln!(
+            "remap: warning: {}: formatted over {signature} (--force)",
+            pair.spare_path.display()
+        );
+    }
     if lost > 0 {
         eprintln!(
             "remap: warning: {}: formatted over a table with {lost} remapped block(s); \

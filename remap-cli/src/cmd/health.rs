@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use remap_core::HealthState;
 use remap_core::clock::{Clock, SystemClock};
 use remap_service::control::{self, Request};
 use remap_service::devices::{Access, Pair};
@@ -29,6 +30,10 @@ spare pool runs out at that rate, with a ±2σ interval, or why it cannot tell y
 SMART: --smart DEV runs `smartctl --json -a DEV` (package smartmontools); --smart-json FILE
 reads its saved output. Give --smart-json several times, oldest first, to have growth
 between readings judged; with --smart too, the files are the earlier readings.
+
+Exit status, as monitoring plugins (Nagios, Icinga) expect: 0 healthy, 1 degraded,
+2 critical, 3 unknown (no verdict: a device could not be opened or read). A usage error
+is 2, as for every remap command.
 
 Examples:
   remap health /dev/sdb /dev/sdc1 --smart /dev/sdb
@@ -64,7 +69,22 @@ pub struct Args {
 /// The most SMART readings one report takes.
 pub const MAX_SMART_READINGS: usize = 64;
 
+/// Exit status: 0 healthy, 1 degraded, 2 critical, 3 unknown (no verdict); see
+/// [`crate::error::EXIT_HEALTH_DEGRADED`].
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let state = match report(args, out) {
+        Ok(state) => state,
+        Err(e) if e.exit_code() == crate::error::EXIT_USAGE => return Err(e),
+        Err(e) => return Err(CliError::NoVerdict(Box::new(e))),
+    };
+    match state {
+        HealthState::Healthy => Ok(()),
+        state => Err(CliError::Unhealthy { state }),
+    }
+}
+
+/// Print the report; return the verdict.
+fn report(args: &Args, out: &mut dyn Write) -> Result<HealthState, CliError> {
     if args.smart_json.len() > MAX_SMART_READINGS {
         return Err(CliError::Usage {
             message: format!("at most {MAX_SMART_READINGS} --smart-json readings"),
@@ -91,9 +111,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &view).map_err(std::io::Error::from)?;
         writeln!(out)?;
-        return Ok(());
+        return Ok(view.state);
     }
-    print_human(&view, out)
+    print_human(&view, out)?;
+    Ok(view.state)
 }
 
 /// A duration in the largest unit that keeps it readable.

@@ -1,21 +1,34 @@
 //! `remap map MAIN SPARE BLOCK...`: move blocks to the spare pool now, copying their data.
 //! `remap map --control PATH BLOCK...`: the same on a running `remap serve`, live.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{self, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use remap_core::{BlockBackend, RemapDevice};
 
 use remap_service::blocks::{BlockList, BlockRange};
+use remap_service::budget;
 use remap_service::control::{self, Request};
 use remap_service::devices::{Access, Pair};
 use remap_service::live::MapReply;
-use remap_service::transfer::{self, Outcome, Paths, Summary};
+use remap_service::transfer::{self, Outcome, Paths, Summary, TransferError};
 
 use crate::error::CliError;
+use crate::stop::{self, StopSignals};
+
+/// What a stopped `map` or `unmap` kept.
+const STOPPED: &str =
+    "the blocks moved so far are durable and checkpointed; the rest were not tried";
 
 const AFTER_HELP: &str = "\
 BLOCK is a block number (in the block size chosen at `remap create`) or an inclusive range
 N-M; give several, or separate them with commas. A block already on a spare block is left
 where it is. Each move is durable (journaled and flushed) before the next one starts.
+
+A request that needs more spare blocks than are free is refused before anything moves;
+--partial moves as many as fit instead. The summary counts every requested block: moved,
+already in place, failed, and not tried (after an error that stopped the run).
 
 With --control, the running `remap serve --control PATH` moves the blocks while it serves
 them (at most 65536 blocks per command).
@@ -32,7 +45,8 @@ Examples:
 /// mapping is journaled and flushed before the next block starts.
 ///
 /// Use it to move blocks away before they fail for good (after a SMART warning, or blocks
-/// that read slowly). A block whose data cannot be read is refused, unless
+/// that read slowly). Opens MAIN read-only: it is read, never written. A block whose data
+/// cannot be read is refused, unless
 /// --zero-unreadable says zeroes may take its place. The other blocks are still moved; the
 /// command exits 1 if any block failed. Ends with a flush of both devices and a checkpoint;
 /// if nothing moved, nothing is written.
@@ -63,12 +77,22 @@ pub struct Args {
     /// data is lost; without this flag such a block is refused.
     #[arg(long)]
     pub zero_unreadable: bool,
+
+    /// When the blocks need more spare blocks than are free, move as many as fit (in
+    /// ascending order) instead of refusing the whole request; the rest are counted as not
+    /// tried, and the command exits 1.
+    #[arg(long)]
+    pub partial: bool,
 }
 
 /// With --control, MAIN and SPARE took the first blocks: give them back.
-fn control_blocks(args: &Args) -> Result<Vec<BlockRange>, CliError> {
+pub(crate) fn control_blocks(
+    main: &Option<PathBuf>,
+    spare: &Option<PathBuf>,
+    rest: &[BlockRange],
+) -> Result<Vec<BlockRange>, CliError> {
     let mut blocks = Vec::new();
-    for p in [&args.main, &args.spare].into_iter().flatten() {
+    for p in [main, spare].into_iter().flatten() {
         let text = p.to_string_lossy();
         for part in text.split(',') {
             blocks.push(part.parse().map_err(|e| CliError::Usage {
@@ -76,7 +100,7 @@ fn control_blocks(args: &Args) -> Result<Vec<BlockRange>, CliError> {
             })?);
         }
     }
-    blocks.extend_from_slice(&args.blocks);
+    blocks.extend_from_slice(rest);
     Ok(blocks)
 }
 
@@ -88,7 +112,7 @@ fn no_blocks() -> CliError {
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(path) = &args.control {
-        let blocks = control_blocks(args)?;
+        let blocks = control_blocks(&args.main, &args.spare, &args.blocks)?;
         if blocks.is_empty() {
             return Err(no_blocks());
         }
@@ -97,47 +121,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             &Request::Map {
                 blocks,
                 zero_unreadable: args.zero_unreadable,
+                partial: args.partial,
             },
         )?;
-        for r in &reply.results {
-            match (r.outcome.as_str(), r.spare_block, &r.error) {
-                ("mapped", Some(spare), _) => {
-                    writeln!(out, "block {} -> spare block {spare}: data copied", r.block)?;
-                }
-                ("zeroed", Some(spare), _) => writeln!(
-                    out,
-                    "block {} -> spare block {spare}: data unreadable, zeroes written in its place",
-                    r.block
-                )?,
-                ("already", Some(spare), _) => writeln!(
-                    out,
-                    "block {} is already on spare block {spare}: unchanged",
-                    r.block
-                )?,
-                (_, _, Some(e)) => eprintln!("remap: {e}"),
-                (other, _, None) => writeln!(out, "block {}: {other}", r.block)?,
-            }
-        }
-        writeln!(
-            out,
-            "map: {} moved, {} already in place, {} failed, of {} requested",
-            reply.moved, reply.unchanged, reply.failed, reply.requested
-        )?;
-        if let Some(e) = reply.stopped_by {
-            return Err(control::ControlError::Refused {
-                path: path.clone(),
-                message: e,
-            }
-            .into());
-        }
-        if reply.failed > 0 {
-            return Err(CliError::BlocksFailed {
-                path: path.clone(),
-                failed: reply.failed,
-                requested: reply.requested,
-            });
-        }
-        return Ok(());
+        return control_report(path, "map", &reply, out);
     }
     let (Some(main), Some(spare)) = (&args.main, &args.spare) else {
         return Err(no_blocks());
@@ -146,32 +133,124 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         return Err(no_blocks());
     }
     let blocks = BlockList::new(&args.blocks);
-    let pair = Pair::open(main, spare, Access::ReadWrite, Access::ReadWrite)?;
+    // MAIN is only read: a read-only MAIN (a write-protected disk) can still be rescued.
+    let pair = Pair::open(main, spare, Access::ReadOnly, Access::ReadWrite)?;
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     let opened = pair.into_device()?;
     let device = &opened.device;
     blocks.check_within(&main_path, device.blocks(), device.block_size().bytes())?;
+    if !args.partial {
+        budget::check_spares(device, &blocks, &spare_path)?;
+    }
     let paths = Paths {
         main: &main_path,
         spare: &spare_path,
     };
-    let summary = transfer::map_blocks(device, &blocks, args.zero_unreadable, paths, &mut |o| {
-        report(o, out)
-    })?;
-    writeln!(out, "map: {}", totals(&summary))?;
-    Ok(transfer::finish(device, summary, paths)?)
+    moves("map", device, paths, out, report, |each| {
+        transfer::map_blocks(device, &blocks, args.zero_unreadable, paths, each)
+    })
+}
+
+/// Run a `map` or `unmap` loop (`verb`) with the orderly stop: each block's line is printed
+/// and flushed; a signal or a failed write stops the loop after the block in hand; the
+/// moves so far are committed and checkpointed, and the summary goes to stdout, or to
+/// stderr after such a stop.
+pub(crate) fn moves<M: BlockBackend, S: BlockBackend>(
+    verb: &str,
+    device: &RemapDevice<M, S>,
+    paths: Paths<'_>,
+    out: &mut dyn Write,
+    report: fn(&Outcome, &mut dyn Write) -> io::Result<()>,
+    run: impl FnOnce(&mut dyn FnMut(&Outcome) -> ControlFlow<()>) -> Summary,
+) -> Result<(), CliError> {
+    let signals = StopSignals::install().map_err(|source| CliError::Signals { source })?;
+    let mut halt = None;
+    let summary = run(&mut |o| {
+        let reported = report(o, out).and_then(|()| out.flush());
+        match signals.after_block(reported, STOPPED) {
+            None => ControlFlow::Continue(()),
+            Some(stopped) => {
+                halt = Some(stopped);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    let line = format!("{verb}: {}", totals(&summary));
+    let printed = stop::summary(out, &line, halt.is_some());
+    match (halt, transfer::finish(device, summary, paths)) {
+        (Some(stopped), Ok(()) | Err(TransferError::BlocksFailed { .. })) => Err(stopped.into()),
+        (_, Err(e)) => Err(e.into()),
+        (None, Ok(())) => Ok(printed?),
+    }
 }
 
 /// One line of totals for the end of a `map` or `unmap` report.
 pub fn totals(summary: &Summary) -> String {
     format!(
-        "{} moved, {} already in place, {} failed, of {} requested",
-        summary.changed, summary.unchanged, summary.failed, summary.requested
+        "{} moved, {} already in place, {} failed, {} not tried, of {} requested",
+        summary.changed, summary.unchanged, summary.failed, summary.not_tried, summary.requested
     )
 }
 
+/// The report of a `map` or `unmap` done by a running server (`verb`): one line per block,
+/// totals, exit 1 if any block failed or the run stopped early.
+pub fn control_report(
+    path: &Path,
+    verb: &str,
+    reply: &MapReply,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    for r in &reply.results {
+        match (r.outcome.as_str(), r.spare_block, &r.error) {
+            ("mapped", Some(spare), _) => {
+                writeln!(out, "block {} -> spare block {spare}: data copied", r.block)?;
+            }
+            ("zeroed", Some(spare), _) => writeln!(
+                out,
+                "block {} -> spare block {spare}: data unreadable, zeroes written in its place",
+                r.block
+            )?,
+            ("already", Some(spare), _) => writeln!(
+                out,
+                "block {} is already on spare block {spare}: unchanged",
+                r.block
+            )?,
+            ("unmapped", Some(spare), _) => writeln!(
+                out,
+                "block {} <- spare block {spare}: copied back to main, verified, spare block freed",
+                r.block
+            )?,
+            ("unchanged", None, None) => {
+                writeln!(out, "block {} is not remapped: unchanged", r.block)?;
+            }
+            (_, _, Some(e)) => eprintln!("remap: {e}"),
+            (other, _, None) => writeln!(out, "block {}: {other}", r.block)?,
+        }
+    }
+    writeln!(
+        out,
+        "{verb}: {} moved, {} already in place, {} failed, {} not tried, of {} requested",
+        reply.moved, reply.unchanged, reply.failed, reply.not_tried, reply.requested
+    )?;
+    if let Some(e) = &reply.stopped_by {
+        return Err(control::ControlError::Refused {
+            path: path.to_path_buf(),
+            message: e.clone(),
+        }
+        .into());
+    }
+    if reply.failed > 0 {
+        return Err(CliError::BlocksFailed {
+            path: path.to_path_buf(),
+            failed: reply.failed,
+            requested: reply.requested,
+        });
+    }
+    Ok(())
+}
+
 /// One line per block: moves on stdout, refusals on stderr as `remap: ...` lines.
-fn report(outcome: &Outcome, out: &mut dyn Write) -> Result<(), CliError> {
+fn report(outcome: &Outcome, out: &mut dyn Write) -> io::Result<()> {
     match outcome {
         Outcome::Mapped {
             lba,

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use remap_service::settings::SettingChanges;
 
 pub mod activate;
+pub mod attach;
 pub mod check;
 pub mod create;
 pub mod deactivate;
+pub mod detach;
 pub mod dump;
 pub mod generator;
 pub mod health;
@@ -81,25 +83,25 @@ impl TargetArgs {
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct SettingArgs {
     /// Error rate (device errors per million data I/Os) at which health is degraded.
-    #[arg(long, value_name = "PPM", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[arg(long, value_name = "PPM", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub error_rate_degraded: Option<u32>,
     /// Error rate at which health is critical.
-    #[arg(long, value_name = "PPM", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[arg(long, value_name = "PPM", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub error_rate_critical: Option<u32>,
     /// Data I/Os before the error rate is judged (one early error is not a 100 % rate).
     #[arg(long, value_name = "N")]
     pub min_ios_for_rate: Option<u64>,
     /// Percent of the spare pool used or retired at which health is degraded.
-    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub spare_used_degraded: Option<u8>,
     /// Percent of the spare pool used or retired at which health is critical.
-    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub spare_used_critical: Option<u8>,
     /// Pending (unreadable) blocks at which health is degraded.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub pending_degraded: Option<u64>,
     /// Pending blocks at which health is critical.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub pending_critical: Option<u64>,
     /// Extra attempts for a failing read before its block is declared pending (0 to 16).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=16))]

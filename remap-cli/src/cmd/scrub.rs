@@ -4,8 +4,6 @@
 //! it, shows its progress and prints the result.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use remap_core::BlockBackend;
@@ -15,6 +13,7 @@ use remap_service::scrub::{self, RangeError, ScrubPlan, ScrubState, ScrubStatus}
 
 use crate::cmd::{Target, TargetArgs};
 use crate::error::CliError;
+use crate::stop::{StopSignals, Stopped};
 use crate::units;
 
 const MIB: f64 = 1_048_576.0;
@@ -71,7 +70,7 @@ pub struct Args {
     pub to: Option<u64>,
 
     /// Read at most this many MiB per second (fractions allowed).
-    #[arg(long, value_name = "MiB/s", value_parser = parse_rate)]
+    #[arg(long, value_name = "MiB/s", value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: Option<f64>,
 
     /// With --control: show the background scrub's progress instead of starting one.
@@ -87,13 +86,20 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The slowest --rate: 10 KiB/s, so that even a 64 KiB block is read within seconds.
+const MIN_RATE_MIB: f64 = 0.01;
+/// The fastest --rate: far above any device; "unlimited" is the absence of --rate.
+const MAX_RATE_MIB: f64 = 1e9;
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number of MiB/s"))?;
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1e9) {
-        return Err(format!("{text:?} is not a rate above 0 MiB/s"));
+    if !(rate.is_finite() && (MIN_RATE_MIB..=MAX_RATE_MIB).contains(&rate)) {
+        return Err(format!(
+            "{text:?} is outside {MIN_RATE_MIB} to {MAX_RATE_MIB} MiB/s (a slower scrub would read nothing for hours; to stop one, use --stop or Ctrl-C)"
+        ));
     }
     Ok(rate)
 }
@@ -135,7 +141,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let pair = Pair::open(&p.main, &p.spare, Access::ReadWrite, Access::ReadWrite)?;
+    // MAIN is only read.
+    let pair = Pair::open(&p.main, &p.spare, Access::ReadOnly, Access::ReadWrite)?;
     let (main_path, spare_path) = (pair.main_path.clone(), pair.spare_path.clone());
     let opened = pair.into_device()?;
     let device = &opened.device;
@@ -164,18 +171,10 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
     })?;
     let block_size = device.block_size();
 
-    // First SIGINT/SIGTERM: stop after the current chunk, save the cursor. Second: exit at
-    // once (the cursor saved last, at most a few seconds old, still holds).
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            i32::from(crate::error::EXIT_INTERRUPTED),
-            stop.clone(),
-        )
-        .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
-        .map_err(|source| CliError::Signals { source })?;
-    }
+    // First SIGINT/SIGTERM/SIGHUP: stop after the current chunk, save the cursor. Second:
+    // exit at once (the cursor saved last, at most a few seconds old, still holds).
+    let signals = StopSignals::install().map_err(|source| CliError::Signals { source })?;
+    let stop = signals.flag().clone();
 
     let total_bytes = plan
         .end
@@ -205,7 +204,7 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
     // After the header, so the bar draws below it.
     let bar = progress_bar(total_bytes, args.json);
     let mut listed = 0usize;
-    let mut report_error: Option<CliError> = None;
+    let mut report_error: Option<std::io::Error> = None;
     let result = scrub::run_at_rest(device, &plan, &stop, &mut |s| {
         bar.set_position(s.bytes_read);
         bar.set_message(format!("{} unreadable", s.unreadable_count));
@@ -214,7 +213,9 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
                 let line = format!("block {lba}: unreadable; marked pending");
                 bar.suspend(|| {
                     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                        report_error.get_or_insert(CliError::from(e));
+                        // Stdout is gone: stop in order, as a signal would.
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                        report_error.get_or_insert(e);
                     }
                 });
             }
@@ -222,9 +223,6 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
         }
     });
     bar.finish_and_clear();
-    if let Some(e) = report_error {
-        return Err(e);
-    }
     let s = match result {
         Ok(s) => s,
         Err(source) => {
@@ -234,28 +232,46 @@ fn run_offline(args: &Args, p: &crate::cmd::PairArgs, out: &mut dyn Write) -> Re
             });
         }
     };
+    let stopped_by = (s.state == ScrubState::Stopped)
+        .then(|| signals.received())
+        .flatten();
     if args.json {
+        // A program reads it: on stdout whatever stopped the scrub.
         serde_json::to_writer_pretty(&mut *out, &s).map_err(std::io::Error::from)?;
         writeln!(out)?;
+    } else if stopped_by.is_some() || report_error.is_some() {
+        // Stopped by a signal or a closed stdout: the summary goes to stderr, as for map
+        // and unmap.
+        print_status(&s, &mut std::io::stderr())?;
     } else {
         print_status(&s, out)?;
     }
     if s.state == ScrubState::Stopped {
-        return Err(CliError::Interrupted {
-            what: if s.resumable {
-                format!(
-                    "scrub stopped at block {}; the cursor is saved: run it again to continue",
-                    s.cursor
-                )
-            } else {
-                format!(
-                    "scrub stopped at block {}; continue with --from {} --to {}",
-                    s.cursor,
-                    s.cursor,
-                    s.end_block.saturating_sub(1)
-                )
-            },
+        let what = if s.resumable {
+            format!(
+                "scrub stopped at block {}; the cursor is saved: run it again to continue",
+                s.cursor
+            )
+        } else {
+            format!(
+                "scrub stopped at block {}; continue with --from {} --to {}",
+                s.cursor,
+                s.cursor,
+                s.end_block.saturating_sub(1)
+            )
+        };
+        return Err(match (report_error, stopped_by) {
+            (Some(source), _) => Stopped::Output { source, what }.into(),
+            (None, Some(signal)) => Stopped::Signal { signal, what }.into(),
+            (None, None) => CliError::Interrupted { what },
         });
+    }
+    if let Some(source) = report_error {
+        return Err(Stopped::Output {
+            source,
+            what: "the summary went to stderr".to_string(),
+        }
+        .into());
     }
     if s.unreadable_count > 0 {
         return Err(CliError::UnreadableFound {

@@ -4,9 +4,10 @@
 //! The pair is opened read-write and locked for the life of the server, so other `remap`
 //! commands on it say "in use by pid N"; with `--control PATH` they ask the server instead
 //! (status, health, map, scrub, set), and `--metrics ADDR` serves the live figures to
-//! Prometheus. SIGINT or SIGTERM stops accepting, lets requests in flight finish, stops a
-//! background scrub (saving its cursor), flushes, checkpoints, and exits 0; a second signal
-//! exits at once (what the journal already holds survives, as after a crash).
+//! Prometheus. SIGINT, SIGTERM or SIGHUP stops accepting, lets requests in flight finish,
+//! stops a background scrub (saving its cursor), flushes, checkpoints, prints the summary on
+//! stderr and exits 130, 143 or 129; a second signal exits at once (what the journal already
+//! holds survives, as after a crash).
 //!
 //! On exit it prints a summary whose lines a test harness can parse: `served:
 //! connections=N requests=N errors=N bytes_read=N bytes_written=N`, `device: ...`,
@@ -17,6 +18,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use remap_service::blocks::{BlockList, BlockRange};
@@ -25,6 +28,7 @@ use remap_service::serve::MAX_FAULT_BLOCKS;
 use remap_service::{ConnectionLimits, FaultPlan, ListenAddr, ServeConfig, ServeSummary, Serving};
 
 use crate::error::CliError;
+use crate::stop::{STOP_SIGNALS, Stopped};
 
 /// Blocks listed by number in the exit summary's `remapped:` and `pending:` lines; beyond
 /// this only the count is printed (`remap dump` lists them all).
@@ -56,13 +60,14 @@ Examples:
   remap serve main.img spare.img --socket /tmp/remap.sock --read-only
   remap serve main.img spare.img --create --fail-write 100-199 --fail-read 7 --flaky 0.001 --seed 42";
 
-/// Export the remapped device over NBD until SIGINT or SIGTERM.
+/// Export the remapped device over NBD until SIGINT, SIGTERM or SIGHUP.
 ///
 /// Serves MAIN through the remap table on SPARE to NBD clients (qemu, nbdinfo, nbdcopy,
 /// fio, the Linux nbd client): failing writes move blocks to the spare, failing reads are
 /// reported as errors and marked pending, never answered with made-up data. Listens on
-/// 127.0.0.1:10809 unless --listen or --socket says otherwise. On SIGINT or SIGTERM: stops
-/// accepting, finishes requests in flight, flushes, checkpoints, exits 0.
+/// 127.0.0.1:10809 unless --listen or --socket says otherwise. On SIGINT, SIGTERM or
+/// SIGHUP: stops accepting, finishes requests in flight, flushes, checkpoints, prints the
+/// summary on stderr, exits 130, 143 or 129 (128 + the signal).
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
@@ -81,9 +86,9 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["main", "spare"])]
     pub demo: bool,
 
-    /// TCP address to listen on (port 0 picks a free one). Default 127.0.0.1:10809 unless
-    /// --socket is given.
-    #[arg(long, value_name = "ADDR")]
+    /// TCP address to listen on, HOST:PORT (a host name such as localhost is resolved; port
+    /// 0 picks a free one). Default 127.0.0.1:10809 unless --socket is given.
+    #[arg(long, value_name = "ADDR", value_parser = crate::address::parse_socket_addr)]
     pub listen: Vec<SocketAddr>,
 
     /// Unix socket to listen on.
@@ -124,8 +129,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free one).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics; without ADDR (put --metrics after
+    /// MAIN and SPARE) at 127.0.0.1:10810, beside the NBD port and outside the exporters'
+    /// 9100-9999 (9100 is node_exporter's). Port 0 picks a free one.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = crate::address::DEFAULT_METRICS_ADDR,
+        value_parser = crate::address::parse_socket_addr
+    )]
     pub metrics: Option<SocketAddr>,
 
     /// Format SPARE first if it holds no remap metadata (as `remap create MAIN SPARE` with
@@ -365,23 +378,23 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     // Catch the signals before saying we listen, so a client that stops us at once is
     // heard.
     let stop = serving.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|source| CliError::Signals { source })?;
+    let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)
+        .map_err(|source| CliError::Signals { source })?;
+    let stopped_by = Arc::new(AtomicI32::new(0));
+    let stopped_by_thread = stopped_by.clone();
     std::thread::spawn(move || {
         let mut received = signals.forever();
-        if received.next().is_some() {
+        if let Some(signal) = received.next() {
             tracing::info!("signal received: finishing requests in flight, then stopping");
+            stopped_by_thread.store(signal, Ordering::SeqCst);
             if let Err(e) = remap_service::notify::notify("STOPPING=1") {
                 tracing::warn!("{e}");
             }
             stop.stop();
         }
-        if received.next().is_some() {
+        if let Some(signal) = received.next() {
             eprintln!("remap: second signal: exiting now; the journal keeps what was made durable");
-            std::process::exit(i32::from(crate::error::EXIT_FAILED));
+            std::process::exit(128 + signal);
         }
     });
 
@@ -392,7 +405,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         tracing::warn!("{e}");
     }
     let summary = serving.wait()?;
-    print_summary(&summary, out)
+    // Stopped by a signal (the usual end): the summary goes to stderr, and the exit status
+    // says which signal, as for map, unmap and scrub.
+    match stopped_by.load(Ordering::SeqCst) {
+        0 => print_summary(&summary, out),
+        signal => {
+            print_summary(&summary, &mut std::io::stderr())?;
+            Err(Stopped::Signal {
+                signal,
+                what: "requests in flight finished, device flushed and checkpointed".to_string(),
+            }
+            .into())
+        }
+    }
 }
 
 /// What is served where, and what to try (the demo).

@@ -207,10 +207,11 @@ impl Served {
         (code, out.unwrap_or_default(), err.unwrap_or_default())
     }
 
-    /// SIGTERM; require exit 0.
+    /// SIGTERM; require the orderly stop's 143 (128 + SIGTERM). Returns (stdout rest,
+    /// stderr), the exit summary being on stderr.
     pub fn stop(self) -> (String, String) {
         let (code, out, err) = self.signal("TERM");
-        assert_eq!(code, 0, "remap serve exit status\n{out}\n{err}");
+        assert_eq!(code, 143, "remap serve exit status\n{out}\n{err}");
         (out, err)
     }
 }
@@ -234,4 +235,93 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// SHA-256 of the whole file or block device at `path`.
+pub fn sha256(path: &Path) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    h.finalize().into()
+}
+
+/// SHA-256 of both devices, to show a refusal changed neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub main: [u8; 32],
+    pub spare: [u8; 32],
+}
+
+impl Hashes {
+    pub fn of(main: &Path, spare: &Path) -> Hashes {
+        Hashes {
+            main: sha256(main),
+            spare: sha256(spare),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_unchanged(&self, main: &Path, spare: &Path, what: &str) {
+        let now = Hashes::of(main, spare);
+        assert_eq!(
+            self.main,
+            now.main,
+            "{what}: MAIN ({}) changed",
+            main.display()
+        );
+        assert_eq!(
+            self.spare,
+            now.spare,
+            "{what}: SPARE ({}) changed",
+            spare.display()
+        );
+    }
+}
+
+/// A loop device, detached on drop.
+pub struct Loop {
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    /// `losetup --find --show ARGS FILE`.
+    pub fn attach(file: &Path, args: &[&str]) -> Loop {
+        require("losetup", "mount");
+        let out = must(
+            tool("losetup")
+                .args(["--find", "--show"])
+                .args(args)
+                .arg(file),
+        );
+        Loop {
+            dev: PathBuf::from(out.trim()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dev
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = tool("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// Run `remap health ARGS --json`: its exit status is the verdict's (0 healthy,
+/// 1 degraded, 2 critical) and must agree with the printed state.
+pub fn health_json(args: &[&str]) -> Value {
+    let o = remap(args);
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)));
+    let want = match v["state"].as_str() {
+        Some("healthy") => 0,
+        Some("degraded") => 1,
+        Some("critical") => 2,
+        other => panic!("no state ({other:?}): {}", text(&o)),
+    };
+    assert_eq!(o.status.code(), Some(want), "{}", text(&o));
+    v
 }

@@ -445,7 +445,20 @@ if [ "$phase" = 2 ]; then
   summary
 fi
 
-# Phases 3 and 4: filesystems on top (guest/fs.sh).
-if [ "$phase" = 3 ] || [ "$phase" = 4 ]; then
+# Phases 3 and 4: filesystems on top (guest/fs.sh); 6 and 7 the same on ublk, with the
+# pairs on vdc-vdf (remap-ublk/scripts/guest-test.sh).
+case $phase in
+  3) fs_step=write ;;
+  4) fs_step=verify ;;
+  6) fs_step=write FS_FRONTEND=ublk ;;
+  7) fs_step=verify FS_FRONTEND=ublk ;;
+esac
+if [ -n "${fs_step:-}" ]; then
+  if [ "${FS_FRONTEND:-}" = ublk ]; then
+    BACKING_ext4=/dev/vdc SPARE_ext4=/dev/vdd BACKING_xfs=/dev/vde SPARE_xfs=/dev/vdf
+  fi
   . /fs.sh
 fi
+
+# Phases 5, ublknone and bench: `remap attach` over ublk (remap-ublk/scripts/guest/ublk.sh).
+case $phase in 5 | ublknone | bench) . /ublk.sh ;; esac
