@@ -41,6 +41,14 @@ check mkfs.ext4 e2fsprogs
 # The shared-storage and read-only tests attach real loop devices (root, loop driver).
 check losetup mount
 check partx util-linux
+# Packaging: the probe's tests (a filesystem on a file, blkid), the udev rule under
+# `udevadm test`, the clean root the .deb installs into, man pages, bash completion, lintian.
+check blkid util-linux
+check udevadm udev
+check debootstrap debootstrap
+check lintian lintian
+check man man-db
+[ -f /usr/share/bash-completion/bash_completion ] || need_apt+=(bash-completion)
 # The filesystem-on-top guest test (remap-kmod/scripts/guest/fs.sh) and the generator's
 # tests (systemd-escape, systemd-analyze verify).
 check mke2fs e2fsprogs
@@ -60,7 +68,8 @@ apt_install "${need_apt[@]}"
 
 # Fail loudly if anything is still missing: tests must not skip silently.
 missing=()
-for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze nbd-client debootstrap; do
+for c in qemu-system-x86_64 busybox dmsetup qemu-img qemu-io nbdinfo nbdcopy nbdsh nbdkit fio promtool cpio wipefs mkswap mkfs.ext4 losetup partx mke2fs e2fsck mkfs.xfs xfs_repair systemd-escape systemd-analyze \
+  nbd-client blkid udevadm debootstrap lintian man; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -79,3 +88,8 @@ fi
 if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then apt_install libclang-dev; fi
 [ -e /usr/include/linux/ioctl.h ] || apt_install linux-libc-dev
 ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || { echo "install-deps: libclang is still missing" >&2; exit 1; }
+# cargo-deb builds the .deb (packaging/build-deb.sh).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-deps: cargo install cargo-deb" >&2
+  cargo install --locked cargo-deb >/dev/null
+fi

@@ -18,6 +18,7 @@ use remap_service::blocks::OutOfRange;
 use remap_service::budget::BudgetError;
 use remap_service::control::ControlError;
 use remap_service::devices::PairError;
+use remap_service::probe::ProbeError;
 use remap_service::scrub::ScrubError;
 use remap_service::settings::SettingsError;
 use remap_service::signatures::SignaturesError;
@@ -43,6 +44,8 @@ pub const EXIT_HEALTH_CRITICAL: u8 = 2;
 pub const EXIT_HEALTH_UNKNOWN: u8 = 3;
 /// Exit status when a command was stopped by SIGINT or SIGTERM (128 + SIGINT, as shells do).
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit status of `remap probe` when the device holds no remap metadata (not an error).
+pub const EXIT_NOT_FOUND: u8 = 3;
 
 /// Why a `remap` command failed.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +228,15 @@ pub enum CliError {
     /// `remap health` could not reach a verdict: exit 3 (unknown) instead of 1.
     #[error("{0}")]
     NoVerdict(Box<CliError>),
+
+    /// `remap probe` could not read the device.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+
+    /// `remap probe` found no remap metadata on the device: an answer, not a failure.
+    #[error("{}: no remap metadata found", path.display())]
+    NothingFound { path: PathBuf },
+
     /// `remap table`, `activate` or `deactivate` failed or refused.
     #[error("{source}{}", hint_activation(.source))]
     Activation {
@@ -292,6 +304,7 @@ impl CliError {
                 _ => EXIT_HEALTH_DEGRADED,
             },
             CliError::NoVerdict(_) => EXIT_HEALTH_UNKNOWN,
+            CliError::NothingFound { .. } => EXIT_NOT_FOUND,
             _ => EXIT_FAILED,
         }
     }

@@ -49,13 +49,14 @@ Examples:
   remap status --control /run/remap.ctl       ask a `remap serve --control` that runs
   remap activate salvage /dev/sdb /dev/sdc1   the kernel target: /dev/mapper/salvage
   remap deactivate salvage                    flush, checkpoint and remove it
+  remap probe /dev/sdc1                       is this a remap spare? (udev properties)
 
 Exit status: 0 success, 1 the operation failed or problems remain (or stdout could not
 be written), 2 usage error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP: map, unmap, scrub
 and serve finish the block in hand, commit, checkpoint and print their summary on stderr
 first (a second signal exits at once; what was acknowledged is in the journal).
 `remap health` exits as monitoring plugins expect: 0 healthy, 1 degraded, 2 critical,
-3 unknown (no verdict).
+3 unknown (no verdict). `remap probe` exits 3 when the device holds no remap metadata.
 Logging: -v (info), -vv (debug), -vvv (trace), or RUST_LOG; quiet otherwise.";
 
 /// `remap`: keep a failing disk in service by moving its bad blocks to a spare device.
@@ -101,6 +102,7 @@ pub enum Command {
     Activate(cmd::activate::Args),
     Deactivate(cmd::deactivate::Args),
     SystemdGenerator(cmd::generator::Args),
+    Probe(cmd::probe::Args),
 }
 
 /// Log to stderr. `-v` sets the level; without it `RUST_LOG` does; without either only
@@ -141,6 +143,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Activate(args) => cmd::activate::run(&args, out),
         Command::Deactivate(args) => cmd::deactivate::run(&args, out),
         Command::SystemdGenerator(args) => cmd::generator::run(&args, out),
+        Command::Probe(args) => cmd::probe::run(&args, out),
     }
 }
 

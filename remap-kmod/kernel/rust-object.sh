@@ -1,7 +1,7 @@
 #!/bin/sh
 # Turn the remap-kmod staticlib into the object linked into dm_remap.ko, and refuse it
 # if it breaks a kernel rule that neither the compiler nor objtool checks (called from Kbuild).
-#   rust-object.sh <in .a> <out .o> <ar> <objcopy> <objdump> <nm>
+#   rust-object.sh <in .a, or its crate member> <out .o> <ar> <objcopy> <objdump> <nm>
 set -eu
 in=$1
 out=$2
@@ -11,9 +11,15 @@ OBJDUMP=$5
 NM=$6
 fail() { echo "rust-object.sh: $out: $*" >&2; rm -f "$out"; exit 1; }
 
-member=$($AR t "$in" | grep -v compiler_builtins | grep 'rcgu\.o$' || true)
-[ "$(echo "$member" | grep -c .)" -eq 1 ] || fail "expected one crate member in $in, found: $member"
-$AR p "$in" "$member" > "$out"
+if $AR t "$in" >/dev/null 2>&1; then
+  member=$($AR t "$in" | grep -v compiler_builtins | grep 'rcgu\.o$' || true)
+  [ "$(echo "$member" | grep -c .)" -eq 1 ] || fail "expected one crate member in $in, found: $member"
+  $AR p "$in" "$member" > "$out"
+else
+  # Already that member, taken out of the archive when the DKMS package was built.
+  member=$(basename "$in")
+  cp "$in" "$out"
+fi
 # .eh_frame carries relocations to function starts objtool rejects (no ENDBR there), and the
 # kernel does not unwind through DWARF anyway (ORC covers the Rust functions).
 $OBJCOPY --remove-section=.eh_frame --remove-section=.rela.eh_frame \

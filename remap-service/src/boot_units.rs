@@ -90,7 +90,7 @@ pub fn unit_text(entry: &Entry, source: &Path, remap: &Path) -> String {
     );
     t.push_str("[Unit]\n");
     let _ = writeln!(t, "Description=remap: bring up /dev/mapper/{name}");
-    t.push_str("Documentation=man:remap(8)\n");
+    t.push_str("Documentation=man:remap-activate(1) man:remap(1)\n");
     let _ = writeln!(t, "SourcePath={}", source.display());
     t.push_str("DefaultDependencies=no\nIgnoreOnIsolate=true\n");
     t.push_str("Conflicts=umount.target\n");

@@ -26,6 +26,7 @@
 //!   kernel device and taken down (`remap table`, `activate`, `deactivate`);
 //! - [`remaptab`]: `/etc/remaptab`, the pairs to bring up at boot; [`boot_units`]: the
 //!   systemd units its generator writes; [`spare_lookup`]: a spare found by its UUID;
+//! - [`probe`]: whether a device holds a remap spare, as udev properties;
 //! - [`time`]: times as the reports carry them.
 //!
 //! Errors are one enum per area, each message naming the device it is about.
@@ -43,6 +44,7 @@ pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod predict;
+pub mod probe;
 pub mod remaptab;
 pub mod scrub;
 pub mod serve;

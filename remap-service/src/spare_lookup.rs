@@ -1,13 +1,12 @@
 //! Finding a spare by the UUID of its remap metadata (`UUID=` in `/etc/remaptab` and on
-//! `remap activate`'s command line): every block device the kernel lists is read (two
-//! superblock copies at most, read-only, no lock) and the one whose valid superblock carries
-//! the UUID is the spare.
+//! `remap activate`'s command line): every block device the kernel lists is probed
+//! ([`crate::probe`]: its superblock copies only, read-only, no lock, by the rule an open
+//! follows, so a spare whose head copies are gone is found by its tail copy) and the one
+//! whose valid superblock carries the UUID is the spare.
 
 use std::path::{Path, PathBuf};
 
-use remap_core::backend::OpenOptions;
-use remap_meta::io::BackendIo;
-use remap_meta::recovery::{choose_superblock, read_superblocks};
+use crate::probe::{Probe, probe};
 
 /// Why no single spare was found.
 #[derive(Debug, thiserror::Error)]
@@ -21,13 +20,10 @@ pub enum LookupError {
 
 /// The UUID of the remap metadata on `path`, if it holds a valid superblock.
 pub fn metadata_uuid(path: &Path) -> Option<[u8; 16]> {
-    let dev = OpenOptions::new()
-        .read_only(true)
-        .exclusive(false)
-        .open(path)
-        .ok()?;
-    let copies = read_superblocks(&mut BackendIo(&dev)).ok()?;
-    choose_superblock(&copies).ok().map(|(_, sb)| sb.uuid)
+    match probe(path).ok()? {
+        Probe::Spare { superblock, .. } => Some(superblock.uuid),
+        Probe::NotFound | Probe::Damaged { .. } => None,
+    }
 }
 
 /// The block device (`/dev/NAME` for each entry of `/sys/class/block`) whose remap metadata

@@ -18,6 +18,7 @@ pub mod dump;
 pub mod generator;
 pub mod health;
 pub mod map;
+pub mod probe;
 pub mod scrub;
 pub mod serve;
 pub mod set;
