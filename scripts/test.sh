@@ -33,7 +33,7 @@ cargo run --release -p remap-service --example embed
 step "packages: the remap .deb (binary, man pages, completions, udev rule, systemd generator and units), installed into a clean root; the udev rule under udevadm test (remap-dkms: in the kernel step)"
 deb=$(packaging/build-deb.sh | tail -n1)
 packaging/test-deb.sh "$deb"
-packaging/test-udev-rule.sh target/release/remap
+packaging/test-udev-rule.sh "${CARGO_TARGET_DIR:-target}/release/remap"
 
 step "fuzz smoke runs"
 fuzz/smoke.sh
