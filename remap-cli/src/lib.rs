@@ -18,6 +18,7 @@ pub mod address;
 pub mod cmd;
 pub mod error;
 pub mod plain_json;
+pub mod session;
 pub mod stop;
 pub mod units;
 

@@ -7,7 +7,7 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
@@ -106,6 +106,39 @@ impl StopSignals {
             }),
         }
     }
+}
+
+/// For a daemon (`serve`, `attach`): a thread that waits for the stop signals. The first
+/// tells systemd STOPPING=1 and calls `stop` (which drains, flushes and checkpoints); a
+/// second exits at once with 128 + its number. The returned cell holds the first signal
+/// (0 while none came), for the daemon's exit status once the drain is done.
+pub fn on_daemon_signals(
+    stop: impl FnOnce() + Send + 'static,
+    doing: &'static str,
+) -> Result<Arc<AtomicI32>, io::Error> {
+    let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)?;
+    let stopped_by = Arc::new(AtomicI32::new(0));
+    let seen = stopped_by.clone();
+    std::thread::Builder::new()
+        .name("remap-signals".into())
+        .spawn(move || {
+            let mut received = signals.forever();
+            if let Some(signal) = received.next() {
+                tracing::info!("{}: {doing}", signal_name(signal));
+                seen.store(signal, Ordering::SeqCst);
+                if let Err(e) = remap_service::notify::notify("STOPPING=1") {
+                    tracing::warn!("{e}");
+                }
+                stop();
+            }
+            if let Some(signal) = received.next() {
+                eprintln!(
+                    "remap: second signal: exiting now; the journal keeps what was made durable"
+                );
+                std::process::exit(128 + signal);
+            }
+        })?;
+    Ok(stopped_by)
 }
 
 /// Print the closing summary line: on stdout normally, on stderr when the command was

@@ -43,6 +43,7 @@ pub mod health;
 pub mod live;
 pub mod metrics;
 pub mod notify;
+pub mod operator;
 pub mod predict;
 pub mod probe;
 pub mod remaptab;

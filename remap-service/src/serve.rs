@@ -21,10 +21,11 @@ use remap_nbd::{BlockStateSource, Server, ServerConfig, ServerError, ShutdownHan
 pub use remap_nbd::ListenAddr;
 
 use crate::blocks::{BlockList, OutOfRange};
-use crate::control::{ControlError, ControlServer};
+use crate::control::ControlError;
 use crate::devices::{Pair, PairError};
 use crate::live::{Live, ServedDevice};
-use crate::metrics::{MetricsError, MetricsServer};
+use crate::metrics::MetricsError;
+use crate::operator;
 
 /// The most blocks the fault lists may name together: each is kept in memory.
 pub const MAX_FAULT_BLOCKS: u64 = 1 << 20;
@@ -295,8 +296,17 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
         spare_size,
         superblock,
     );
-    let helpers = start_helpers(&live, &config).inspect_err(|_| live.stop())?;
-    let (helpers, control, metrics) = helpers;
+    let operator::OperatorSide {
+        threads: helpers,
+        control,
+        metrics,
+    } = operator::start(
+        &live,
+        config.control.as_deref(),
+        config.metrics,
+        |what, source| ServeError::Thread { what, source },
+    )
+    .inspect_err(|_| live.stop())?;
     let server = std::thread::Builder::new()
         .name("remap-nbd".into())
         .spawn(move || server.run())
@@ -320,34 +330,6 @@ pub fn serve(pair: Pair, config: ServeConfig) -> Result<Serving, ServeError> {
         metrics,
         formatted,
     })
-}
-
-type Helpers = (Vec<JoinHandle<()>>, Option<PathBuf>, Option<SocketAddr>);
-
-/// The operator side: windows fed every second, the control socket, the metrics.
-fn start_helpers<M: BlockBackend + 'static, S: BlockBackend + 'static>(
-    live: &Arc<Live<M, S>>,
-    config: &ServeConfig,
-) -> Result<Helpers, ServeError> {
-    let thread = |what: &'static str| move |source| ServeError::Thread { what, source };
-    let mut helpers = vec![live.spawn_feeder().map_err(thread("health window"))?];
-    let mut control = None;
-    if let Some(path) = &config.control {
-        let server = ControlServer::bind(path)?;
-        helpers.push(
-            server
-                .spawn(live.clone())
-                .map_err(thread("control socket"))?,
-        );
-        control = Some(path.clone());
-    }
-    let mut metrics = None;
-    if let Some(addr) = config.metrics {
-        let server = MetricsServer::bind(addr)?;
-        metrics = Some(server.local_addr());
-        helpers.push(server.spawn(live.clone()).map_err(thread("metrics"))?);
-    }
-    Ok((helpers, control, metrics))
 }
 
 impl Serving {

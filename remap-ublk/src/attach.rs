@@ -27,10 +27,9 @@ use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{BufDesc, UblkFlags, UblkIORes, sys};
 use remap_core::{BlockBackend, StatsSnapshot};
 use remap_service::Live;
-use remap_service::control::ControlServer;
 use remap_service::devices::Pair;
 use remap_service::live::ServedDevice;
-use remap_service::metrics::MetricsServer;
+use remap_service::operator;
 
 use crate::error::{AttachError, describe};
 use crate::registry::{self, TARGET_NAME, TargetData};
@@ -278,7 +277,18 @@ fn open_served(pair: Pair, config: &AttachConfig) -> Result<Served, AttachError>
     let device: Arc<ServedDevice> = Arc::new(opened.device);
     let before = device.stats();
     let live = Live::new(device, main_path, spare_path, spare_size, superblock);
-    let (helpers, control, metrics) = start_helpers(&live, config).inspect_err(|_| live.stop())?;
+    // The operator side, as `remap serve` has it.
+    let operator::OperatorSide {
+        threads: helpers,
+        control,
+        metrics,
+    } = operator::start(
+        &live,
+        config.control.as_deref(),
+        config.metrics,
+        |what, source| AttachError::Thread { what, source },
+    )
+    .inspect_err(|_| live.stop())?;
     Ok(Served {
         live,
         helpers,
@@ -357,35 +367,6 @@ fn find_orphan(main: &std::path::Path) -> Result<registry::UblkDevice, AttachErr
                 .join(", "),
         }),
     }
-}
-
-type Helpers = (Vec<JoinHandle<()>>, Option<PathBuf>, Option<SocketAddr>);
-
-/// The operator side, as `remap serve` has it: windows fed every second, the control
-/// socket, the metrics.
-fn start_helpers(
-    live: &Arc<Live<Arc<dyn BlockBackend>, Arc<remap_core::FileBackend>>>,
-    config: &AttachConfig,
-) -> Result<Helpers, AttachError> {
-    let thread = |what: &'static str| move |source| AttachError::Thread { what, source };
-    let mut helpers = vec![live.spawn_feeder().map_err(thread("health window"))?];
-    let mut control = None;
-    if let Some(path) = &config.control {
-        let server = ControlServer::bind(path)?;
-        helpers.push(
-            server
-                .spawn(live.clone())
-                .map_err(thread("control socket"))?,
-        );
-        control = Some(path.clone());
-    }
-    let mut metrics = None;
-    if let Some(addr) = config.metrics {
-        let server = MetricsServer::bind(addr)?;
-        metrics = Some(server.local_addr());
-        helpers.push(server.spawn(live.clone()).map_err(thread("metrics"))?);
-    }
-    Ok((helpers, control, metrics))
 }
 
 /// What the daemon thread needs.

@@ -1,8 +1,8 @@
 //! `remap attach MAIN SPARE`: the remapped device as a local block device, `/dev/ublkbN`,
 //! through Linux's ublk (`remap-ublk`). Prints the device path (or, with `--json`, one JSON
-//! object) as soon as it exists, then serves until `remap detach` or SIGTERM/SIGINT, which
-//! drain the requests in flight, remove the device, flush and checkpoint; a second signal
-//! exits at once. After `kill -9` the device stays, holding its requests, until
+//! object) as soon as it exists, then serves until `remap detach` (a SIGTERM to the daemon)
+//! or SIGTERM/SIGINT/SIGHUP, which drain the requests in flight, remove the device, flush,
+//! checkpoint and exit 0; a second signal exits at once with 128 + its number. After `kill -9` the device stays, holding its requests, until
 //! `remap attach --recover MAIN SPARE` takes it over (or `remap detach` removes it).
 //!
 //! On exit it prints `detached: /dev/ublkbN` and a `device: ...` line as `remap serve` does.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use remap_service::devices::{Access, Pair};
 use remap_ublk::attach::{DEFAULT_DEPTH, MAX_DEPTH, MAX_QUEUES, default_queues};
-use remap_ublk::{AttachConfig, AttachedInfo};
+use remap_ublk::{AttachConfig, AttachSummary, AttachedInfo};
 
 use crate::error::CliError;
 
@@ -38,9 +38,9 @@ Examples:
 ///
 /// Opens MAIN and SPARE (locked for the life of the daemon, so other `remap` commands say
 /// "in use"; with --control they ask the daemon instead), adds a ublk block device backed by
-/// the remapping engine and prints its path. Serves until `remap detach DEVICE`, SIGTERM or
-/// SIGINT: then drains the requests in flight, removes the device, flushes, checkpoints and
-/// exits 0.
+/// the remapping engine and prints its path. Serves until `remap detach DEVICE` (which sends
+/// it SIGTERM), SIGTERM, SIGINT or SIGHUP: then drains the requests in flight, removes the
+/// device, flushes, checkpoints and exits 0.
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
@@ -103,25 +103,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let attached = remap_ublk::attach(pair, &config)?;
 
     let stop = attached.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
+    // `remap detach` is a SIGTERM to this daemon: a signal is its normal end, so which one
+    // came does not matter; the summary goes to stdout and the status is 0 (a second signal
+    // still exits at once).
+    crate::stop::on_daemon_signals(
+        move || stop.stop(),
+        "draining requests in flight, then detaching",
+    )
     .map_err(|source| CliError::Signals { source })?;
-    std::thread::spawn(move || {
-        let mut received = signals.forever();
-        if received.next().is_some() {
-            tracing::info!("signal received: draining requests in flight, then detaching");
-            if let Err(e) = remap_service::notify::notify("STOPPING=1") {
-                tracing::warn!("{e}");
-            }
-            stop.stop();
-        }
-        if received.next().is_some() {
-            eprintln!("remap: second signal: exiting now; the journal keeps what was made durable");
-            std::process::exit(i32::from(crate::error::EXIT_FAILED));
-        }
-    });
 
     print_attached(attached.info(), args.json, out)?;
     out.flush()?;
@@ -130,8 +119,17 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         tracing::warn!("{e}");
     }
     let summary = attached.wait()?;
+    print_detached(&summary, args.json, out)
+}
+
+/// The exit summary: what the session did to the device.
+fn print_detached(
+    summary: &AttachSummary,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let (before, after) = (&summary.before, &summary.after);
-    if args.json {
+    if json {
         let v = serde_json::json!({
             "detached": summary.info.device,
             "remapped_blocks": after.remapped_blocks,
@@ -143,15 +141,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         writeln!(out, "{v}")?;
     } else {
         writeln!(out, "detached: {}", summary.info.device.display())?;
-        writeln!(
-            out,
-            "device: {} remapped, {} pending; this session {} remaps, {} main read errors, {} main write errors",
-            after.remapped_blocks,
-            after.pending_blocks,
-            after.remaps - before.remaps,
-            after.main_read_errors - before.main_read_errors,
-            after.main_write_errors - before.main_write_errors,
-        )?;
+        writeln!(out, "{}", crate::session::device_line(before, after))?;
     }
     Ok(())
 }

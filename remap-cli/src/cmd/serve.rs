@@ -18,8 +18,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use remap_service::blocks::{BlockList, BlockRange};
@@ -28,7 +27,7 @@ use remap_service::serve::MAX_FAULT_BLOCKS;
 use remap_service::{ConnectionLimits, FaultPlan, ListenAddr, ServeConfig, ServeSummary, Serving};
 
 use crate::error::CliError;
-use crate::stop::{STOP_SIGNALS, Stopped};
+use crate::stop::Stopped;
 
 /// Blocks listed by number in the exit summary's `remapped:` and `pending:` lines; beyond
 /// this only the count is printed (`remap dump` lists them all).
@@ -378,25 +377,11 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     // Catch the signals before saying we listen, so a client that stops us at once is
     // heard.
     let stop = serving.stopper();
-    let mut signals = signal_hook::iterator::Signals::new(STOP_SIGNALS)
-        .map_err(|source| CliError::Signals { source })?;
-    let stopped_by = Arc::new(AtomicI32::new(0));
-    let stopped_by_thread = stopped_by.clone();
-    std::thread::spawn(move || {
-        let mut received = signals.forever();
-        if let Some(signal) = received.next() {
-            tracing::info!("signal received: finishing requests in flight, then stopping");
-            stopped_by_thread.store(signal, Ordering::SeqCst);
-            if let Err(e) = remap_service::notify::notify("STOPPING=1") {
-                tracing::warn!("{e}");
-            }
-            stop.stop();
-        }
-        if let Some(signal) = received.next() {
-            eprintln!("remap: second signal: exiting now; the journal keeps what was made durable");
-            std::process::exit(128 + signal);
-        }
-    });
+    let stopped_by = crate::stop::on_daemon_signals(
+        move || stop.stop(),
+        "finishing requests in flight, then stopping",
+    )
+    .map_err(|source| CliError::Signals { source })?;
 
     print_started(args, &serving, &fail_read, &fail_write, out)?;
     out.flush()?;
@@ -482,15 +467,7 @@ fn print_summary(summary: &ServeSummary, out: &mut dyn Write) -> Result<(), CliE
         "served: connections={} requests={} errors={} bytes_read={} bytes_written={}",
         n.connections, n.requests, n.errors, n.bytes_read, n.bytes_written
     )?;
-    writeln!(
-        out,
-        "device: {} remapped, {} pending; this session {} remaps, {} main read errors, {} main write errors",
-        after.remapped_blocks,
-        after.pending_blocks,
-        after.remaps - before.remaps,
-        after.main_read_errors - before.main_read_errors,
-        after.main_write_errors - before.main_write_errors,
-    )?;
+    writeln!(out, "{}", crate::session::device_line(before, after))?;
     if let Some(injected) = &summary.injected {
         writeln!(
             out,

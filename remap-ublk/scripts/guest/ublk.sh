@@ -83,7 +83,7 @@ if [ "$phase" = ublknone ]; then
 fi
 
 if [ "$phase" = 5 ]; then
-  echo "PLAN phase=5 checks=34"
+  echo "PLAN phase=5 checks=38"
   stage attach
   check control_device test -c /dev/ublk-control
   check main_stacked stack_main
@@ -165,6 +165,14 @@ if [ "$phase" = 5 ]; then
   expect acknowledged_writes_read_back 0 "$bad_slots"
   check detach_after_recovery remap detach "$DEV"
   wait "$DAEMON"
+  # SIGTERM from anyone (systemd's stop), not only from `remap detach`: the same orderly
+  # stop, status 0, the device removed, the summary printed.
+  check attach_for_sigterm attach "$MAIN" "$SPARE" --json
+  kill -TERM "$DAEMON"
+  wait "$DAEMON"
+  expect sigterm_exit_status 0 "$?"
+  check sigterm_device_removed sh -c "[ ! -e $DEV ]"
+  check sigterm_summary grep -q '"detached":"/dev/ublkb' /tmp/attach.out
   summary
 fi
 
@@ -213,6 +221,6 @@ if [ "$phase" = bench ]; then
   check nbd_disconnected nbd-client -d /dev/nbd0
   kill -TERM "$server"
   wait "$server"
-  expect serve_exit_status 0 "$?"
+  expect serve_exit_status 143 "$?"
   summary
 fi
