@@ -72,12 +72,14 @@ ok "remap create and remap probe in the root"
 # on a remaptab made of the installed example with one line taken in), the serve unit, the
 # example configurations.
 for f in /usr/lib/systemd/system-generators/remap-generator /usr/lib/systemd/system/remap-serve@.service \
-  /usr/share/doc/remap/remaptab.example /usr/share/doc/remap/serve.conf.example; do
+  /usr/lib/systemd/system/remap-attach@.service /usr/share/doc/remap/remaptab.example /usr/share/doc/remap/serve.conf.example; do
   [ -f "$root$f" ] || fail "$f is not installed"
 done
 [ -x "$root/usr/lib/systemd/system-generators/remap-generator" ] || fail "the generator is not executable"
 grep -q '^ExecStart=/usr/bin/remap serve ' "$root/usr/lib/systemd/system/remap-serve@.service" ||
   fail "remap-serve@.service does not run /usr/bin/remap serve"
+grep -q '^ExecStart=/usr/bin/remap attach ' "$root/usr/lib/systemd/system/remap-attach@.service" ||
+  fail "remap-attach@.service does not run /usr/bin/remap attach"
 sed "s/^#scratch/scratch/" "$root/usr/share/doc/remap/remaptab.example" >"$root/etc/remaptab"
 mkdir -p "$root/tmp/gen" "$root/tmp/gen-early" "$root/tmp/gen-late"
 # With /proc, as systemd runs generators (the units name the binary by /proc/self/exe).
@@ -88,12 +90,13 @@ unit=$root/tmp/gen/remap-activate@scratch.service
 [ -f "$unit" ] || fail "the generator wrote no remap-activate@scratch.service: $(ls "$root/tmp/gen")"
 grep -q '^ExecStart=/usr/bin/remap activate scratch /dev/sdb /dev/sdc1' "$unit" || fail "generated unit: $(cat "$unit")"
 # Every man page the units name in Documentation= is installed.
-for page in $(sed -n 's/^Documentation=//p' "$unit" "$root/usr/lib/systemd/system/remap-serve@.service" | tr ' ' '\n' |
+for page in $(sed -n 's/^Documentation=//p' "$unit" "$root/usr/lib/systemd/system/remap-serve@.service" \
+  "$root/usr/lib/systemd/system/remap-attach@.service" | tr ' ' '\n' |
   sed -n 's/^man:\([^(]*\)(\([0-9]\))$/\2:\1/p' | sort -u); do
   in_root man -w "${page%%:*}" "${page#*:}" >/dev/null 2>&1 || fail "Documentation=man:${page#*:}(${page%%:*}) is not installed"
 done
 rm -f "$root/etc/remaptab"
-ok "systemd generator, remap-serve@.service and the examples installed; the generator writes remap-activate@scratch.service from the example; the man pages the units name are installed"
+ok "systemd generator, remap-serve@.service, remap-attach@.service and the examples installed; the generator writes remap-activate@scratch.service from the example; the man pages the units name are installed"
 
 # The installed rule and binary, through the root's udev, on a loop device.
 loop=$(losetup -f --show "$root/tmp/spare.img")
