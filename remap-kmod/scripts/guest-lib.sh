@@ -4,6 +4,21 @@
 # remap-ublk/scripts/guest-test.sh (remap attach over ublk). Sourced; the caller sets
 # KIMAGE, KREL, wd (holding initrd.gz), timeout_s, and defines log and die.
 
+# The host tools every guest test needs, and the remap binary it puts in the guest:
+# REMAP_BIN, or built here with cargo. Needs repo, log and die.
+guest_prerequisites() {
+  local tool
+  for tool in qemu-system-x86_64 busybox dmsetup cpio xz objcopy; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (scripts/install-deps.sh installs it)"
+  done
+  if [ -z "${REMAP_BIN:-}" ]; then
+    log "building the remap CLI"
+    (cd "$repo" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} cargo build -q -p remap-cli --release)
+    REMAP_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/remap
+  fi
+  [ -x "$REMAP_BIN" ] || die "no remap binary at $REMAP_BIN"
+}
+
 # One boot with the given disks (virtio, in order: vda, vdb, ...) and $BOOT_APPEND on the
 # kernel command line. Returns qemu's status; the console goes to $2. no_timer_check:
 # under a loaded host the emulated timer can miss the kernel's IO-APIC check, which then
@@ -45,14 +60,22 @@ judge() { # phase log qemu-status
   log "$KREL phase $phase: $passed/$plan checks passed"
 }
 
+# The blocks `remap dump` lists as remapped on a pair (needs REMAP_BIN), sorted, one per
+# line. A failed dump is an error of its own, not an empty list.
+dump_remapped() { # main spare
+  local dump
+  dump=$("$REMAP_BIN" dump "$1" "$2" --json) || return 1
+  echo "$dump" | { grep -o '"block":[0-9]*,"state":"remapped"' || true; } |
+    sed 's/"block":\([0-9]*\),.*/\1/' | sort -n
+}
+
 # Every block `remap dump` lists as remapped on a filesystem pair ($wd/fs-FS.img and
 # $wd/fs-FS-spare.img; needs REMAP_BIN) lies in one of the failing segments the guest
 # printed (FSSEG), and every segment holds at least one: the
 # filesystem really wrote over each, and nothing outside them moved.
 check_fs_remaps() { # fs [boot log with the FSSEG lines; default boot3.log]
   local fs=$1 seglog=${2:-$wd/boot3.log} remapped segs
-  remapped=$("$REMAP_BIN" dump "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img" --json |
-    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
+  remapped=$(dump_remapped "$wd/fs-$fs.img" "$wd/fs-$fs-spare.img") ||
     die "$KREL: remap dump of the $fs pair failed"
   segs=$(sed -n "s/^FSSEG $fs \([0-9]*\) \([0-9]*\)$/\1 \2/p" "$seglog")
   [ -n "$segs" ] || die "$KREL: the guest printed no FSSEG lines for $fs"

@@ -43,16 +43,7 @@ esac
 # shellcheck source=guest-lib.sh
 . "$here/guest-lib.sh"
 
-for tool in qemu-system-x86_64 busybox dmsetup cpio xz objcopy; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/test.sh installs it)"
-done
-
-if [ -z "${REMAP_BIN:-}" ]; then
-  log "building the remap CLI"
-  (cd "$repo" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} cargo build -q -p remap-cli --release)
-  REMAP_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/remap
-fi
-[ -x "$REMAP_BIN" ] || die "no remap binary at $REMAP_BIN"
+guest_prerequisites
 log "building the dm-log-writes replay check"
 (cd "$repo" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} cargo build -q -p remap-kmod --release --example log_replay)
 LOG_REPLAY=${CARGO_TARGET_DIR:-$repo/target}/release/examples/log_replay
@@ -93,10 +84,7 @@ boot_root() { # phase log
 }
 
 # The remapped blocks `remap dump` finds on the spare, sorted, one per line.
-dumped_remaps() {
-  "$REMAP_BIN" dump "$wd/main.img" "$wd/spare.img" --json |
-    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/' | sort -n
-}
+dumped_remaps() { dump_remapped "$wd/main.img" "$wd/spare.img"; }
 
 compare_dump() { # label
   local got want
@@ -118,8 +106,7 @@ compare_dump() { # label
 # are as many as the guest counted (BOOTREMAPS, after the reboot).
 check_boot_remaps() { # pair main spare
   local remapped first last want
-  remapped=$("$REMAP_BIN" dump "$wd/$2.img" "$wd/$3.img" --json |
-    grep -o '"block":[0-9]*,"state":"remapped"' | sed 's/"block":\([0-9]*\),.*/\1/') ||
+  remapped=$(dump_remapped "$wd/$2.img" "$wd/$3.img") ||
     die "$KREL: remap dump of the boot-path pair $1 failed"
   read -r first last <"$wd/boot-fail-run"
   want=$(sed -n "s/^BOOTREMAPS $1 \([0-9]*\)$/\1/p" "$wd/boot9.log")

@@ -34,15 +34,7 @@ esac
 # shellcheck source=../../remap-kmod/scripts/guest-lib.sh
 . "$kmod/guest-lib.sh"
 
-for tool in qemu-system-x86_64 busybox dmsetup cpio xz objcopy; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (scripts/install-deps.sh installs it)"
-done
-if [ -z "${REMAP_BIN:-}" ]; then
-  log "building the remap CLI"
-  (cd "$repo" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} cargo build -q -p remap-cli --release)
-  REMAP_BIN=${CARGO_TARGET_DIR:-$repo/target}/release/remap
-fi
-[ -x "$REMAP_BIN" ] || die "no remap binary at $REMAP_BIN"
+guest_prerequisites
 
 for flav in $flavours; do
   t0=$SECONDS
