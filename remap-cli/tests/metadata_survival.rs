@@ -3,25 +3,18 @@
 //! a spare whose active checkpoint is destroyed is refused by `status` (both files unchanged,
 //! SHA-256), and `check --repair` salvages it, naming what it could not prove.
 
+mod common;
+
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
 
+use common::{BS, Hashes, remap};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-const BS: u64 = 4096;
 const MAIN_SIZE: u64 = 4 << 20;
 const SPARE_SIZE: u64 = 1 << 20;
-
-fn remap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_remap"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the remap binary runs")
-}
 
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited, not killed by a signal")
@@ -29,10 +22,6 @@ fn code(o: &Output) -> i32 {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn sha(path: &Path) -> Vec<u8> {
-    Sha256::digest(fs::read(path).unwrap()).to_vec()
 }
 
 struct Pair {
@@ -79,8 +68,8 @@ impl Pair {
         remap(&args)
     }
 
-    fn hashes(&self) -> (Vec<u8>, Vec<u8>) {
-        (sha(&self.main), sha(&self.spare))
+    fn hashes(&self) -> Hashes {
+        Hashes::of(&self.main, &self.spare)
     }
 
     fn overwrite_spare(&self, at: u64, len: u64) {
