@@ -7,6 +7,7 @@
 use parking_lot::Mutex;
 
 use crate::proto::OFFSET_DATA_HEADER_LEN;
+use crate::splice::{SPLICE_MIN, SplicePipe};
 
 /// Where data starts in a worker's buffer: room in front for the largest reply header, so
 /// a read reply is one contiguous write.
@@ -26,6 +27,10 @@ pub(crate) struct Buffers {
     pub data: Vec<u8>,
     /// Small replies (errors, block status).
     pub small: Vec<u8>,
+    /// The pipe large reads are spliced through, made on the first one.
+    pipe: Option<SplicePipe>,
+    /// Making a pipe failed (out of file descriptors or pipe quota): copy instead.
+    no_pipe: bool,
 }
 
 impl Buffers {
@@ -37,8 +42,39 @@ impl Buffers {
         &mut self.data[DATA_AT..DATA_AT + len]
     }
 
-    /// Free buffers grown past what a worker keeps.
+    /// Where a read of `len` bytes goes: the payload room, and the pipe when the read is
+    /// large enough to splice and fits in it.
+    pub fn read_target(&mut self, len: usize) -> (&mut [u8], Option<&mut SplicePipe>) {
+        if len >= SPLICE_MIN && self.pipe.is_none() && !self.no_pipe {
+            match SplicePipe::new() {
+                Ok(p) => self.pipe = Some(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no pipe for spliced reads; copying them");
+                    self.no_pipe = true;
+                }
+            }
+        }
+        let pipe = self
+            .pipe
+            .as_mut()
+            .filter(|p| len >= SPLICE_MIN && p.fits(len));
+        if self.data.len() < DATA_AT + len {
+            self.data.resize(DATA_AT + len, 0);
+        }
+        (&mut self.data[DATA_AT..DATA_AT + len], pipe)
+    }
+
+    /// The pipe of the read just spliced.
+    pub fn pipe(&mut self) -> Option<&mut SplicePipe> {
+        self.pipe.as_mut()
+    }
+
+    /// Free buffers grown past what a worker keeps, and a pipe left holding bytes that were
+    /// not sent (a read that fell back to the copy, or a reply that failed).
     pub fn trim(&mut self) {
+        if self.pipe.as_ref().is_some_and(SplicePipe::is_dirty) {
+            self.pipe = None;
+        }
         if self.data.capacity() > KEEP_BUFFER {
             self.data = Vec::new();
         }

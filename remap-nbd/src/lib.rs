@@ -12,7 +12,10 @@
 //! - [`server`]: TCP and Unix listeners, graceful shutdown;
 //! - `admission`: connection slots by phase (waiting, negotiating, established), the
 //!   negotiation deadline, and who is closed to make room;
-//! - `refusals`: connections closed before negotiating, logged as one summary per interval.
+//! - `refusals`: connections closed before negotiating, logged as one summary per interval;
+//! - `replies`: the way out of a connection, small replies completing together sharing a
+//!   write;
+//! - `splice`: large read replies spliced from the backend's file to the socket.
 //!
 //! # Guarantees
 //!
@@ -45,8 +48,10 @@ mod handshake;
 mod input;
 pub mod proto;
 mod refusals;
+mod replies;
 pub mod server;
 mod socket;
+mod splice;
 mod transmission;
 
 pub use block_status::{BlockStateSource, Extent, REMAP_STATE_PENDING, REMAP_STATE_REMAPPED};

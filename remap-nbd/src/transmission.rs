@@ -30,14 +30,15 @@
 //! been answered.
 
 use std::borrow::Cow;
-use std::io::Write;
 use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
-use remap_core::IoError;
+use std::os::fd::AsFd;
+
+use remap_core::{IoError, Through};
 
 use crate::block_status::{Extent, MetaContext};
 use crate::buffers::{BufferPool, Buffers, DATA_AT};
@@ -50,6 +51,7 @@ use crate::proto::{
     chunk_header, command_flags as cf, nbd_error, nbd_error_from_errno, offset_data_header,
     put_error_chunk, simple_reply, transmission_flags as tf,
 };
+use crate::replies::Replies;
 use crate::socket::{Socket, SocketReader};
 
 /// The most extents sent for one context in one block status reply.
@@ -168,6 +170,8 @@ enum Outcome {
     Done,
     /// Success; this many bytes of data sit in the worker's buffer at `DATA_AT`.
     Data(usize),
+    /// Success; this many bytes of data sit in the worker's pipe.
+    Spliced(usize),
     /// Success; the complete structured reply sits in the worker's small buffer.
     Status,
     Failed(Rejection),
@@ -182,8 +186,9 @@ pub(crate) struct Connection {
     /// The read side. A std (futex) mutex rather than parking_lot's: it is held across a
     /// blocking `read`, so spinning and yielding for it only burns CPU the workers need.
     reader: std::sync::Mutex<Input<SocketReader>>,
-    /// Serializes replies so that they never interleave on the wire.
-    writer: std::sync::Mutex<()>,
+    /// The way out: replies never interleave, and small ones completing together share a
+    /// write.
+    replies: Replies,
     closing: AtomicBool,
     /// The server is stopping: an end of input is then a shutdown, not the client leaving.
     server_stopping: Arc<AtomicBool>,
@@ -223,7 +228,7 @@ impl Connection {
             limits,
             socket,
             reader: std::sync::Mutex::new(reader),
-            writer: std::sync::Mutex::new(()),
+            replies: Replies::default(),
             closing: AtomicBool::new(false),
             server_stopping,
             waiting: AtomicUsize::new(0),
@@ -532,10 +537,20 @@ impl Connection {
                 if len == 0 {
                     return Outcome::Done;
                 }
-                match backend.read_at(r.offset, buffers.payload(len as usize)) {
-                    Ok(()) => {
+                let n = len as usize;
+                let result = match buffers.read_target(n) {
+                    (buf, Some(pipe)) => {
+                        backend.read_through(r.offset, buf, &mut |fd, at| pipe.fill(fd, at, n))
+                    }
+                    (buf, None) => backend.read_at(r.offset, buf).map(|()| Through::Buffered),
+                };
+                match result {
+                    Ok(through) => {
                         self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
-                        Outcome::Data(len as usize)
+                        match through {
+                            Through::Transferred => Outcome::Spliced(n),
+                            Through::Buffered => Outcome::Data(n),
+                        }
                     }
                     Err(e) => done(Err(e)),
                 }
@@ -647,7 +662,7 @@ impl Connection {
         Outcome::Status
     }
 
-    /// Send the reply for `r`: one contiguous write under the write lock.
+    /// Send the reply for `r`: one contiguous piece of the stream.
     fn reply(
         &self,
         r: &RequestHeader,
@@ -670,6 +685,7 @@ impl Connection {
                 }
             }
             Outcome::Status => &buffers.small,
+            Outcome::Spliced(n) => return self.reply_spliced(r, n, buffers),
             Outcome::Done if structured && is_read => {
                 // A zero-length read: a read must not get a simple reply once structured
                 // replies are on.
@@ -705,13 +721,43 @@ impl Connection {
                 &buffers.small
             }
         };
-        let _turn = lock(&self.writer);
-        (&*self.socket)
-            .write_all(bytes)
+        self.replies
+            .send(&self.socket, bytes)
             .map_err(|source| TransmissionError::SendReply {
                 cookie: r.cookie,
                 source,
             })
+    }
+}
+
+impl Connection {
+    /// Send the reply to a read whose data sits in the worker's pipe: the header, then the
+    /// pipe, under the write lock.
+    fn reply_spliced(
+        &self,
+        r: &RequestHeader,
+        n: usize,
+        buffers: &mut Buffers,
+    ) -> Result<(), TransmissionError> {
+        let mut head = [0u8; OFFSET_DATA_HEADER_LEN];
+        let head: &[u8] = if self.session.structured {
+            offset_data_header(&mut head, r.cookie, r.offset, n as u32);
+            &head
+        } else {
+            head[..SIMPLE_REPLY_LEN].copy_from_slice(&simple_reply(0, r.cookie));
+            &head[..SIMPLE_REPLY_LEN]
+        };
+        let sent = match buffers.pipe() {
+            Some(pipe) => self.replies.exclusive().and_then(|_wire| {
+                pipe.send(self.socket.as_fd(), head)
+                    .inspect_err(|_| self.replies.mark_broken())
+            }),
+            None => Err(std::io::Error::other("the spliced data's pipe is gone")),
+        };
+        sent.map_err(|source| TransmissionError::SendReply {
+            cookie: r.cookie,
+            source,
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -313,6 +314,12 @@ fn os_err(op: IoOp, offset: u64, len: u64, e: io::Error) -> IoError {
 impl BlockBackend for FileBackend {
     fn size_bytes(&self) -> u64 {
         self.size
+    }
+
+    /// The file itself: its bytes are this backend's, at the same offsets. With `O_DIRECT`
+    /// a splice reads the device as `read_at` does (the kernel reads into the pipe's pages).
+    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.file.as_fd())
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {

@@ -6,6 +6,7 @@
 //! conservative defaults, and frontends derive what they advertise from them.
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 mod file;
@@ -137,6 +138,21 @@ pub fn check_range(op: IoOp, offset: u64, len: u64, size: u64) -> Result<(), IoE
     }
 }
 
+/// Moves the bytes of a read out of a file without copying them through user memory
+/// (`splice` into a pipe): called with the file and the offset in it of the first byte.
+/// Either every byte was moved and it returns `Ok`, or it returns an error and the caller
+/// discards whatever it had moved.
+pub type Transfer<'a> = dyn FnMut(BorrowedFd<'_>, u64) -> io::Result<()> + 'a;
+
+/// How [`BlockBackend::read_through`] delivered a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Through {
+    /// The transfer moved the bytes; the buffer was not touched.
+    Transferred,
+    /// The bytes are in the buffer (the transfer was not offered, or it failed).
+    Buffered,
+}
+
 /// A byte-addressed block device: a disk, a file, a simulated device, or the remapping
 /// device itself. Shared by many threads, so every method takes `&self`.
 pub trait BlockBackend: Send + Sync {
@@ -195,6 +211,37 @@ pub trait BlockBackend: Send + Sync {
         }
         Ok(())
     }
+
+    /// The file that holds this backend's bytes at the same offsets, when moving bytes out
+    /// of it with `splice` reads exactly what [`read_at`](Self::read_at) would. `None`
+    /// (the default) for every backend that must see each read itself: memory, the
+    /// simulated faulty and crashing disks, the remapping device.
+    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Read `buf.len()` bytes at `offset`, preferably by handing them to `transfer`
+    /// (see [`Transfer`]) so a frontend can send them on without a copy. Falls back to
+    /// [`read_at`](Self::read_at) into `buf` when this backend has no
+    /// [`splice_fd`](Self::splice_fd) or the transfer fails (a failing sector then
+    /// reports its error through the normal read). The remapping device overrides it to
+    /// transfer only runs its fast path would read from the main device.
+    fn read_through(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        transfer: &mut Transfer<'_>,
+    ) -> Result<Through, IoError> {
+        let len = buf.len() as u64;
+        if len > 0
+            && check_range(IoOp::Read, offset, len, self.size_bytes()).is_ok()
+            && let Some(fd) = self.splice_fd()
+            && transfer(fd, offset).is_ok()
+        {
+            return Ok(Through::Transferred);
+        }
+        self.read_at(offset, buf).map(|()| Through::Buffered)
+    }
 }
 
 macro_rules! forward_backend {
@@ -229,6 +276,17 @@ macro_rules! forward_backend {
             }
             fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
                 (**self).write_zeroes(offset, len)
+            }
+            fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
+                (**self).splice_fd()
+            }
+            fn read_through(
+                &self,
+                offset: u64,
+                buf: &mut [u8],
+                transfer: &mut Transfer<'_>,
+            ) -> Result<Through, IoError> {
+                (**self).read_through(offset, buf, transfer)
             }
         }
     )*};
