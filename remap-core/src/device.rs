@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use crate::backend::{BlockBackend, IoError, IoOp, Through, Transfer, check_range};
+use crate::backend::{
+    BlockBackend, IoError, IoOp, Load, Through, Transfer, check_range, load_payload,
+};
 use crate::clock::Clock;
 use crate::geometry::BlockSize;
 use crate::health::{HealthReport, HealthThresholds};
@@ -667,6 +669,51 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
         r.map(|_| ())
     }
 
+    /// Write `buf.len()` bytes at `offset` by `transfer` when the fast path would write
+    /// them to the main device in one piece and main offers a
+    /// [`splice_write_fd`](BlockBackend::splice_write_fd); otherwise, or if the transfer
+    /// fails or races with a table change, `load` fills `buf` and the normal write takes
+    /// it (and remaps a failing block as [`write`](Self::write) does). Counted once.
+    pub fn write_through(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        transfer: &mut Transfer<'_>,
+        load: &mut Load<'_>,
+    ) -> Result<Through, DeviceError> {
+        let len = buf.len() as u64;
+        check_range(IoOp::Write, offset, len, self.size_bytes)?;
+        if refused(Request::Write, self.is_poisoned()) {
+            return Err(DeviceError::Poisoned);
+        }
+        if len == 0 {
+            return Ok(Through::Buffered);
+        }
+        let t0 = self.begin(IoOp::Write);
+        let r = if self.transfer_write_fast(offset, len, transfer) {
+            Ok((Through::Transferred, Route::Normal))
+        } else {
+            load_payload(load, buf)
+                .map_err(DeviceError::from)
+                .and_then(|()| self.write_routed(offset, buf, false))
+                .map(|route| (Through::Buffered, route))
+        };
+        let route = r.as_ref().map_or(Route::Remapped, |&(_, route)| route);
+        self.account(IoOp::Write, len, t0, route, r.is_ok());
+        r.map(|(through, _)| through)
+    }
+
+    /// The fast path of [`write_through`](Self::write_through).
+    fn transfer_write_fast(&self, offset: u64, len: u64, transfer: &mut Transfer<'_>) -> bool {
+        let Some(fd) = self.main.splice_write_fd() else {
+            return false;
+        };
+        let Some(g) = self.fast_begin(offset, len) else {
+            return false;
+        };
+        transfer(fd, offset).is_ok() && self.fast_end(g)
+    }
+
     fn write_routed(&self, offset: u64, buf: &[u8], fua: bool) -> Result<Route, DeviceError> {
         if let Some(g) = self.fast_begin(offset, buf.len() as u64) {
             match write_backend(&self.main, offset, buf, fua) {
@@ -988,5 +1035,19 @@ impl<M: BlockBackend, S: BlockBackend> BlockBackend for RemapDevice<M, S> {
         transfer: &mut Transfer<'_>,
     ) -> Result<Through, IoError> {
         RemapDevice::read_through(self, offset, buf, transfer).map_err(Into::into)
+    }
+
+    fn takes_write_transfers(&self) -> bool {
+        self.main.splice_write_fd().is_some()
+    }
+
+    fn write_through(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        transfer: &mut Transfer<'_>,
+        load: &mut Load<'_>,
+    ) -> Result<Through, IoError> {
+        RemapDevice::write_through(self, offset, buf, transfer, load).map_err(Into::into)
     }
 }

@@ -57,7 +57,7 @@ pub use stats::{Stats, StatsSnapshot};
 pub use table::{Entry, EntryFlags, RemapTable, Segment, TableError};
 
 #[cfg(feature = "std")]
-pub use backend::{BlockBackend, FileBackend, IoError, IoOp, MemBackend, Through, Transfer};
+pub use backend::{BlockBackend, FileBackend, IoError, IoOp, Load, MemBackend, Through, Transfer};
 #[cfg(feature = "std")]
 pub use device::{DeviceConfig, DeviceError, RemapDevice};
 #[cfg(feature = "std")]

@@ -27,8 +27,11 @@ pub(crate) struct Buffers {
     pub data: Vec<u8>,
     /// Small replies (errors, block status).
     pub small: Vec<u8>,
-    /// The pipe large reads are spliced through, made on the first one.
+    /// The pipe large reads and writes are spliced through, made on the first one.
     pipe: Option<SplicePipe>,
+    /// The second pipe of a spliced write, holding a reference to its payload until the
+    /// write is done.
+    copy: Option<SplicePipe>,
     /// Making a pipe failed (out of file descriptors or pipe quota): copy instead.
     no_pipe: bool,
 }
@@ -69,11 +72,53 @@ impl Buffers {
         self.pipe.as_mut()
     }
 
+    /// The two pipes a write of `len` bytes is spliced through, if it is large enough and
+    /// fits.
+    pub fn write_pipes(&mut self, len: usize) -> Option<(&mut SplicePipe, &mut SplicePipe)> {
+        if len < SPLICE_MIN || self.no_pipe {
+            return None;
+        }
+        for slot in [&mut self.pipe, &mut self.copy] {
+            if slot.is_none() {
+                match SplicePipe::new() {
+                    Ok(p) => *slot = Some(p),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no pipe for spliced writes; copying them");
+                        self.no_pipe = true;
+                        return None;
+                    }
+                }
+            }
+        }
+        match (self.pipe.as_mut(), self.copy.as_mut()) {
+            (Some(p), Some(c)) if p.fits(len) && c.fits(len) => Some((p, c)),
+            _ => None,
+        }
+    }
+
+    /// Where a spliced write's payload goes if its transfer is not taken, and its pipes.
+    pub fn write_target(
+        &mut self,
+        len: usize,
+    ) -> (&mut [u8], Option<&mut SplicePipe>, Option<&mut SplicePipe>) {
+        if self.data.len() < DATA_AT + len {
+            self.data.resize(DATA_AT + len, 0);
+        }
+        (
+            &mut self.data[DATA_AT..DATA_AT + len],
+            self.pipe.as_mut(),
+            self.copy.as_mut(),
+        )
+    }
+
     /// Free buffers grown past what a worker keeps, and a pipe left holding bytes that were
     /// not sent (a read that fell back to the copy, or a reply that failed).
     pub fn trim(&mut self) {
         if self.pipe.as_ref().is_some_and(SplicePipe::is_dirty) {
             self.pipe = None;
+        }
+        if self.copy.as_ref().is_some_and(SplicePipe::is_dirty) {
+            self.copy = None;
         }
         if self.data.capacity() > KEEP_BUFFER {
             self.data = Vec::new();

@@ -11,6 +11,9 @@
 //! payload twice.)
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
+
+use crate::splice::SplicePipe;
 
 /// A buffered reader over `R`.
 #[derive(Debug)]
@@ -95,6 +98,22 @@ impl<R: Read> Input<R> {
                 }
                 done += self.take_buffered(rest);
             }
+        }
+        Ok(())
+    }
+
+    /// Move the next `len` bytes into `pipe`: those already buffered by a copy, the rest
+    /// spliced from the stream.
+    pub fn splice_into(&mut self, pipe: &mut SplicePipe, len: usize) -> io::Result<()>
+    where
+        R: AsFd,
+    {
+        let n = (self.end - self.pos).min(len);
+        pipe.push(&self.buf[self.pos..self.pos + n])?;
+        self.pos += n;
+        if n < len {
+            pipe.fill_stream(self.inner.as_fd(), len - n)?;
+            self.after_direct = true;
         }
         Ok(())
     }

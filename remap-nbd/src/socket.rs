@@ -96,6 +96,12 @@ impl SocketReader {
     }
 }
 
+impl AsFd for SocketReader {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl Read for SocketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&*self.socket).read(buf)

@@ -1,14 +1,22 @@
-//! Read replies without copying the data through the server: the backend's file is spliced
-//! into a pipe, and the pipe into the socket after the reply header, so a page of the
-//! main device goes from the page cache to the socket by reference (`splice(2)`).
+//! Reads and writes without copying the data through the server (`splice(2)`).
 //!
-//! The data is in the pipe before the reply header is sent, so a read that fails (a bad
-//! sector) or races with a remap is answered from the normal path instead, with its real
-//! error or its data; nothing has reached the client by then. A pipe holding bytes that
-//! were not sent is dropped, never reused.
+//! - A read: the backend's file is spliced into a pipe, and the pipe into the socket after
+//!   the reply header, so a page of the main device goes from the page cache to the socket
+//!   by reference. The data is in the pipe before the reply header is sent, so a read that
+//!   fails (a bad sector) or races with a remap is answered from the normal path instead,
+//!   with its real error or its data; nothing has reached the client by then.
+//! - A write: the payload is spliced from the socket into a pipe and `tee`d into a second
+//!   one (a second reference, no copy), then the first is spliced into the backend's file:
+//!   one copy, into the page cache, instead of two. If that transfer fails or races with a
+//!   remap, the second pipe still holds the payload, and the normal write (which remaps a
+//!   failing block) takes it from there.
+//!
+//! A pipe holding bytes that were not sent or written is dropped, never reused.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 
 use rustix::net::SendFlags;
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -60,21 +68,136 @@ impl SplicePipe {
 
     /// Move `len` bytes of `file` at `offset` into the pipe. An error if fewer arrived
     /// (the end of the file, or a read error part way).
-    pub fn fill(&mut self, file: BorrowedFd<'_>, mut offset: u64, len: usize) -> io::Result<()> {
+    pub fn fill(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<()> {
+        self.fill_from(file, Some(offset), len)
+    }
+
+    /// Move the next `len` bytes of a stream (a socket) into the pipe.
+    pub fn fill_stream(&mut self, stream: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+        self.fill_from(stream, None, len)
+    }
+
+    fn fill_from(
+        &mut self,
+        from: BorrowedFd<'_>,
+        mut offset: Option<u64>,
+        len: usize,
+    ) -> io::Result<()> {
         let want = self.held + len;
         while self.held < want {
-            let n = rustix::pipe::splice(
-                file,
-                Some(&mut offset),
+            match rustix::pipe::splice(
+                from,
+                offset.as_mut(),
                 &self.write,
                 None,
                 want - self.held,
                 SpliceFlags::empty(),
-            )?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            ) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => self.held += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
-            self.held += n;
+        }
+        Ok(())
+    }
+
+    /// Copy `bytes` into the pipe (the part of a payload that arrived with its header).
+    pub fn push(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match rustix::io::write(&self.write, bytes) {
+                Ok(n) => {
+                    self.held += n;
+                    bytes = &bytes[n..];
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Put a second reference to everything in this pipe into the empty pipe `copy`
+    /// (`tee(2)`: no bytes are copied). An error unless all of it went.
+    pub fn tee_into(&mut self, copy: &mut SplicePipe) -> io::Result<()> {
+        if copy.held != 0 || copy.capacity < self.held {
+            return Err(io::Error::other("the copy pipe is busy or too small"));
+        }
+        let n = loop {
+            match rustix::pipe::tee(&self.read, &copy.write, self.held, SpliceFlags::NONBLOCK) {
+                Err(rustix::io::Errno::INTR) => {}
+                r => break r?,
+            }
+        };
+        copy.held = n;
+        if n != self.held {
+            return Err(io::Error::other("tee moved part of the pipe"));
+        }
+        Ok(())
+    }
+
+    /// Move everything in the pipe into `file` at `offset`.
+    pub fn drain_to_file(&mut self, file: BorrowedFd<'_>, mut offset: u64) -> io::Result<()> {
+        while self.held > 0 {
+            match rustix::pipe::splice(
+                &self.read,
+                None,
+                file,
+                Some(&mut offset),
+                self.held,
+                SpliceFlags::empty(),
+            ) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => self.held -= n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read everything in the pipe into `buf`, which must be exactly that long.
+    pub fn read_into(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if buf.len() != self.held {
+            return Err(io::Error::other("the pipe does not hold the payload"));
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::read(&self.read, &mut buf[done..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    done += n;
+                    self.held -= n;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop what the pipe holds (references; nothing is copied). On an error the pipe
+    /// stays dirty, and a dirty pipe is never reused.
+    pub fn discard(&mut self) -> io::Result<()> {
+        static DEV_NULL: OnceLock<io::Result<File>> = OnceLock::new();
+        let null = match DEV_NULL.get_or_init(|| File::options().write(true).open("/dev/null")) {
+            Ok(f) => f,
+            Err(e) => return Err(io::Error::new(e.kind(), "cannot open /dev/null")),
+        };
+        while self.held > 0 {
+            match rustix::pipe::splice(
+                &self.read,
+                None,
+                null,
+                None,
+                self.held,
+                SpliceFlags::empty(),
+            ) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => self.held -= n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

@@ -161,6 +161,8 @@ impl Drop for Reservation<'_> {
 struct Job<'a> {
     request: RequestHeader,
     checked: Result<Command, Rejection>,
+    /// A write's payload is in the worker's pipes, not its buffer.
+    spliced: bool,
     _reservation: Option<Reservation<'a>>,
 }
 
@@ -358,11 +360,36 @@ impl Connection {
         };
         let checked = self.check(&request);
         let mut reservation = None;
+        let mut spliced = false;
         // A write's payload follows its header whether or not the write is acceptable.
         if request.command == Command::Write.code() {
             let read = if matches!(checked, Ok(Command::Write)) {
                 reservation = Some(self.budget.reserve(request.len.into()));
-                input.read_exact(buffers.payload(request.len as usize))
+                let len = request.len as usize;
+                let pipes = if request.flags & cf::FUA == 0
+                    && self.export.backend.takes_write_transfers()
+                {
+                    buffers.write_pipes(len)
+                } else {
+                    None
+                };
+                match pipes {
+                    Some((pipe, copy)) => {
+                        match input.splice_into(pipe, len) {
+                            Ok(()) if pipe.tee_into(copy).is_ok() => {
+                                spliced = true;
+                                Ok(())
+                            }
+                            // No second reference: take the payload out of the pipe.
+                            Ok(()) => match buffers.write_target(len) {
+                                (buf, Some(pipe), _) => pipe.read_into(buf),
+                                _ => Err(std::io::Error::other("the write's pipe is gone")),
+                            },
+                            Err(e) => Err(e),
+                        }
+                    }
+                    None => input.read_exact(buffers.payload(len)),
+                }
             } else {
                 input.discard(request.len.into())
             };
@@ -385,6 +412,7 @@ impl Connection {
         Some(Job {
             request,
             checked,
+            spliced,
             _reservation: reservation,
         })
     }
@@ -515,6 +543,7 @@ impl Connection {
         };
         let outcome = match job.checked {
             Err(rejection) => Outcome::Failed(rejection),
+            Ok(Command::Write) if job.spliced => self.write_spliced(&request, buffers),
             Ok(command) => self.run(command, &request, buffers),
         };
         self.reply(&request, outcome, buffers)
@@ -731,6 +760,39 @@ impl Connection {
 }
 
 impl Connection {
+    /// Execute a write whose payload sits in the worker's two pipes: the first is spliced
+    /// into the backend's file if it takes the transfer; otherwise the copy is loaded into
+    /// the buffer and written normally.
+    fn write_spliced(&self, r: &RequestHeader, buffers: &mut Buffers) -> Outcome {
+        let len = u64::from(r.len);
+        let (buf, Some(pipe), Some(copy)) = buffers.write_target(r.len as usize) else {
+            return Outcome::Failed(reject(nbd_error::EIO, "the write's pipes are gone"));
+        };
+        let result = self.export.backend.write_through(
+            r.offset,
+            buf,
+            &mut |fd, at| pipe.drain_to_file(fd, at),
+            &mut |buf| copy.read_into(buf),
+        );
+        match result {
+            Ok(through) => {
+                // Drop the reference not used (a pipe left holding bytes is not reused).
+                let _ = match through {
+                    Through::Transferred => copy.discard(),
+                    Through::Buffered => pipe.discard(),
+                };
+                self.counters
+                    .bytes_written
+                    .fetch_add(len, Ordering::Relaxed);
+                Outcome::Done
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, offset = r.offset, len, "spliced write failed");
+                Outcome::Failed(e.into())
+            }
+        }
+    }
+
     /// Send the reply to a read whose data sits in the worker's pipe: the header, then the
     /// pipe, under the write lock.
     fn reply_spliced(

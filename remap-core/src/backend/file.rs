@@ -322,6 +322,10 @@ impl BlockBackend for FileBackend {
         Some(self.file.as_fd())
     }
 
+    fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
+        (!self.direct && !self.read_only).then(|| self.file.as_fd())
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let len = buf.len() as u64;
         check_range(IoOp::Read, offset, len, self.size)?;

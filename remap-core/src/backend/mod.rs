@@ -144,12 +144,17 @@ pub fn check_range(op: IoOp, offset: u64, len: u64, size: u64) -> Result<(), IoE
 /// discards whatever it had moved.
 pub type Transfer<'a> = dyn FnMut(BorrowedFd<'_>, u64) -> io::Result<()> + 'a;
 
-/// How [`BlockBackend::read_through`] delivered a read.
+/// Fills the buffer with the bytes of a write whose transfer was not taken or failed (the
+/// caller kept a copy of them, e.g. in a second pipe).
+pub type Load<'a> = dyn FnMut(&mut [u8]) -> io::Result<()> + 'a;
+
+/// How [`BlockBackend::read_through`] delivered a read, or
+/// [`BlockBackend::write_through`] a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Through {
     /// The transfer moved the bytes; the buffer was not touched.
     Transferred,
-    /// The bytes are in the buffer (the transfer was not offered, or it failed).
+    /// The bytes went through the buffer (the transfer was not offered, or it failed).
     Buffered,
 }
 
@@ -242,6 +247,56 @@ pub trait BlockBackend: Send + Sync {
         }
         self.read_at(offset, buf).map(|()| Through::Buffered)
     }
+
+    /// The file this backend writes at the same offsets, when a `splice` into it stores
+    /// exactly what [`write_at`](Self::write_at) would: a buffered, writable file. `None`
+    /// (the default) for every backend that must see each write, and for `O_DIRECT` files
+    /// (a pipe's pages do not meet their alignment).
+    fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Whether [`write_through`](Self::write_through) may take a transfer at all, so a
+    /// frontend knows before it reads a write's payload whether to keep it in a pipe.
+    fn takes_write_transfers(&self) -> bool {
+        self.splice_write_fd().is_some()
+    }
+
+    /// Write `buf.len()` bytes at `offset`, preferably by `transfer`, which moves them
+    /// into the file it is given at the offset it is given (a splice out of a pipe).
+    /// When this backend offers no [`splice_write_fd`](Self::splice_write_fd) or the
+    /// transfer fails, `load` fills `buf` with the same bytes and they are written with
+    /// [`write_at`](Self::write_at) (a failing sector then reports its error, or is
+    /// remapped, through the normal write). Bytes a failed transfer already stored are
+    /// overwritten by that write. The remapping device overrides it to transfer only what
+    /// its fast path would write to the main device.
+    fn write_through(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        transfer: &mut Transfer<'_>,
+        load: &mut Load<'_>,
+    ) -> Result<Through, IoError> {
+        let len = buf.len() as u64;
+        if len > 0
+            && check_range(IoOp::Write, offset, len, self.size_bytes()).is_ok()
+            && let Some(fd) = self.splice_write_fd()
+            && transfer(fd, offset).is_ok()
+        {
+            return Ok(Through::Transferred);
+        }
+        load_payload(load, buf)?;
+        self.write_at(offset, buf).map(|()| Through::Buffered)
+    }
+}
+
+/// Run a [`Load`]. Its failure is the frontend's (a pipe), not the medium's, so it is an
+/// engine error that never causes a remap.
+pub fn load_payload(load: &mut Load<'_>, buf: &mut [u8]) -> Result<(), IoError> {
+    load(buf).map_err(|e| IoError::Engine {
+        errno: errno::EIO,
+        source: Box::new(e),
+    })
 }
 
 macro_rules! forward_backend {
@@ -287,6 +342,21 @@ macro_rules! forward_backend {
                 transfer: &mut Transfer<'_>,
             ) -> Result<Through, IoError> {
                 (**self).read_through(offset, buf, transfer)
+            }
+            fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
+                (**self).splice_write_fd()
+            }
+            fn takes_write_transfers(&self) -> bool {
+                (**self).takes_write_transfers()
+            }
+            fn write_through(
+                &self,
+                offset: u64,
+                buf: &mut [u8],
+                transfer: &mut Transfer<'_>,
+                load: &mut Load<'_>,
+            ) -> Result<Through, IoError> {
+                (**self).write_through(offset, buf, transfer, load)
             }
         }
     )*};

@@ -1,6 +1,7 @@
-//! Large reads are spliced from the backend's file to the socket; small ones, and any read
-//! whose transfer fails, are copied. The client sees the same bytes either way, in simple
-//! and structured replies, and a pipe left holding bytes that were not sent is never reused.
+//! Large reads are spliced from the backend's file to the socket, and large writes from
+//! the socket to the file; small ones, FUA writes, and any whose transfer fails are copied.
+//! The client sees the same bytes either way, in simple and structured replies, pipelined
+//! or not, and a pipe left holding bytes that were not sent or written is never reused.
 
 mod common;
 
@@ -24,7 +25,11 @@ const KIB: u32 = 1024;
 struct Disk {
     file: File,
     splice: File,
+    /// Offered for spliced writes: the file itself, or a read-only descriptor of it (so
+    /// every write transfer fails).
+    splice_write: File,
     copied: AtomicU64,
+    copied_writes: AtomicU64,
 }
 
 impl BlockBackend for Disk {
@@ -38,6 +43,7 @@ impl BlockBackend for Disk {
             .map_err(|e| IoError::media(IoOp::Read, offset, buf.len() as u64, e))
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.copied_writes.fetch_add(1, Ordering::SeqCst);
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| IoError::media(IoOp::Write, offset, buf.len() as u64, e))
@@ -48,6 +54,9 @@ impl BlockBackend for Disk {
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.splice.as_fd())
     }
+    fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.splice_write.as_fd())
+    }
 }
 
 fn pattern() -> Vec<u8> {
@@ -56,8 +65,9 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
-/// A disk whose splice file holds only the first `splice_bytes` of it.
-fn disk(dir: &std::path::Path, splice_bytes: u64) -> Arc<Disk> {
+/// A disk whose splice file holds only the first `splice_bytes` of it, and whose write
+/// transfers work if `writable_splice`.
+fn disk(dir: &std::path::Path, splice_bytes: u64, writable_splice: bool) -> Arc<Disk> {
     let data = pattern();
     std::fs::write(dir.join("disk"), &data).unwrap();
     std::fs::write(dir.join("short"), &data[..splice_bytes as usize]).unwrap();
@@ -71,7 +81,13 @@ fn disk(dir: &std::path::Path, splice_bytes: u64) -> Arc<Disk> {
     Arc::new(Disk {
         file: open("disk"),
         splice: open("short"),
+        splice_write: if writable_splice {
+            open("disk")
+        } else {
+            File::open(dir.join("disk")).unwrap()
+        },
         copied: AtomicU64::new(0),
+        copied_writes: AtomicU64::new(0),
     })
 }
 
@@ -105,7 +121,7 @@ fn serve(
 #[test]
 fn large_reads_are_spliced_and_read_the_same_in_both_reply_kinds() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = disk(dir.path(), SIZE);
+    let disk = disk(dir.path(), SIZE, true);
     let data = pattern();
     let (addr, stop, running) = serve(Arc::clone(&disk));
     for structured in [false, true] {
@@ -145,7 +161,7 @@ fn large_reads_are_spliced_and_read_the_same_in_both_reply_kinds() {
 fn a_transfer_that_fails_part_way_is_copied_and_its_pipe_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     // Splicing works for the first 1 MiB only: a read across that line fails part way.
-    let disk = disk(dir.path(), 1 << 20);
+    let disk = disk(dir.path(), 1 << 20, true);
     let data = pattern();
     let (addr, stop, running) = serve(Arc::clone(&disk));
     let (mut c, _, _) = Raw::tcp(addr).negotiate("", true, &[]);
@@ -164,6 +180,105 @@ fn a_transfer_that_fails_part_way_is_copied_and_its_pipe_not_reused() {
         disk.copied.load(Ordering::SeqCst),
         3,
         "only the failed transfers are copied"
+    );
+    c.disconnect();
+    stop.shutdown();
+    running.join().unwrap();
+}
+
+/// Write `writes` (offset, length, flags) pipelined: every request and payload sent before
+/// any reply is read, so payloads arrive partly with the next header. Returns the data.
+fn pipelined_writes(c: &mut Raw, writes: &[(u64, u32, u16)], seed: u8) -> Vec<(u64, Vec<u8>)> {
+    let mut sent = Vec::new();
+    for (i, &(offset, len, flags)) in writes.iter().enumerate() {
+        let data: Vec<u8> = (0..len)
+            .map(|j| (j as u8).wrapping_mul(seed) ^ i as u8)
+            .collect();
+        c.request(flags, CMD_WRITE, 100 + i as u64, offset, len)
+            .expect("send");
+        c.send(&data).expect("send payload");
+        sent.push((offset, data));
+    }
+    for _ in writes {
+        let r = c.reply().expect("reply");
+        assert_eq!(r.error(), 0, "write {}", r.cookie());
+    }
+    sent
+}
+
+fn check_and_apply(c: &mut Raw, model: &mut [u8], sent: Vec<(u64, Vec<u8>)>) {
+    for (offset, data) in sent {
+        model[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+    }
+    let got = c.read(1, 0, SIZE as u32).expect("read all");
+    assert!(got == model, "the disk holds what was written");
+}
+
+#[test]
+fn large_writes_are_spliced_and_store_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk(dir.path(), SIZE, true);
+    let mut model = pattern();
+    let (addr, stop, running) = serve(Arc::clone(&disk));
+    for (structured, seed) in [(false, 3u8), (true, 5)] {
+        let (mut c, _, _) = Raw::tcp(addr).negotiate("", structured, &[]);
+        let before = disk.copied_writes.load(Ordering::SeqCst);
+        let sent = pipelined_writes(
+            &mut c,
+            &[
+                (0, 256 * KIB, 0),
+                (777, 64 * KIB, 0),
+                (1 << 20, 1024 * KIB, 0),
+                (SIZE - 100 * 1024, 100 * KIB, 0),
+            ],
+            seed,
+        );
+        assert_eq!(
+            disk.copied_writes.load(Ordering::SeqCst),
+            before,
+            "writes of 64 KiB to 1 MiB are spliced"
+        );
+        check_and_apply(&mut c, &mut model, sent);
+        // Small, FUA, and larger than a pipe: copied.
+        let sent = pipelined_writes(
+            &mut c,
+            &[
+                (4096, 4 * KIB, 0),
+                (8192, 128 * KIB, FLAG_FUA),
+                (0, 2048 * KIB, 0),
+            ],
+            seed + 1,
+        );
+        assert_eq!(disk.copied_writes.load(Ordering::SeqCst), before + 3);
+        check_and_apply(&mut c, &mut model, sent);
+        c.disconnect();
+    }
+    stop.shutdown();
+    running.join().unwrap();
+}
+
+#[test]
+fn a_write_transfer_that_fails_is_written_from_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk(dir.path(), SIZE, false);
+    let mut model = pattern();
+    let (addr, stop, running) = serve(Arc::clone(&disk));
+    let (mut c, _, _) = Raw::tcp(addr).negotiate("", true, &[]);
+    for round in 0..3u8 {
+        let sent = pipelined_writes(
+            &mut c,
+            &[
+                (65_536 * u64::from(round), 192 * KIB, 0),
+                (2 << 20, 512 * KIB, 0),
+            ],
+            7 + round,
+        );
+        check_and_apply(&mut c, &mut model, sent);
+    }
+    assert_eq!(
+        disk.copied_writes.load(Ordering::SeqCst),
+        6,
+        "every write fell back"
     );
     c.disconnect();
     stop.shutdown();
