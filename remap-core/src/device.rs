@@ -600,47 +600,6 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             .map(|()| Route::Remapped)
     }
 
-    /// Read `buf.len()` bytes at `offset`, handing them to `transfer` (see
-    /// [`Transfer`](crate::backend::Transfer)) when the fast path would read them from the
-    /// main device in one piece and main offers a [`splice_fd`](BlockBackend::splice_fd);
-    /// otherwise, or if the transfer fails or races with a table change, the normal read
-    /// into `buf` (which handles a failing sector as [`read`](Self::read) does). Counted
-    /// once either way.
-    pub fn read_through(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        transfer: &mut Transfer<'_>,
-    ) -> Result<Through, DeviceError> {
-        let len = buf.len() as u64;
-        check_range(IoOp::Read, offset, len, self.size_bytes)?;
-        if len == 0 {
-            return Ok(Through::Buffered);
-        }
-        let t0 = self.begin(IoOp::Read);
-        let r = match self.transfer_fast(offset, len, transfer) {
-            true => Ok((Through::Transferred, Route::Normal)),
-            false => self
-                .read_routed(offset, buf)
-                .map(|route| (Through::Buffered, route)),
-        };
-        let route = r.as_ref().map_or(Route::Remapped, |&(_, route)| route);
-        self.account(IoOp::Read, len, t0, route, r.is_ok());
-        r.map(|(through, _)| through)
-    }
-
-    /// The fast path of [`read_through`](Self::read_through): whether `transfer` moved the
-    /// bytes straight from main with no table change under way or in between.
-    fn transfer_fast(&self, offset: u64, len: u64, transfer: &mut Transfer<'_>) -> bool {
-        let Some(fd) = self.main.splice_fd() else {
-            return false;
-        };
-        let Some(g) = self.fast_begin(offset, len) else {
-            return false;
-        };
-        transfer(fd, offset).is_ok() && self.fast_end(g)
-    }
-
     // ----- writes -----
 
     /// Write `buf` at `offset`.
@@ -1026,15 +985,6 @@ impl<M: BlockBackend, S: BlockBackend> BlockBackend for RemapDevice<M, S> {
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
         RemapDevice::write_zeroes(self, offset, len, false).map_err(Into::into)
-    }
-
-    fn read_through(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        transfer: &mut Transfer<'_>,
-    ) -> Result<Through, IoError> {
-        RemapDevice::read_through(self, offset, buf, transfer).map_err(Into::into)
     }
 
     fn takes_write_transfers(&self) -> bool {

@@ -1,8 +1,8 @@
-//! `read_through` and `write_through`: a read or write is handed to the caller's transfer
-//! (a splice in the NBD server) only where the fast path would read or write main in one
-//! piece; everywhere else, and whenever the transfer fails or races with a table change,
-//! the normal read or write does it, with the same data and the same errors and remaps.
-//! Either way the request is counted once.
+//! `write_through`: a write is handed to the caller's transfer (a splice in the NBD server)
+//! only where the fast path would write main in one piece; everywhere else, and whenever
+//! the transfer fails or races with a table change, the normal write takes the payload
+//! (loaded from the caller's copy), with the same errors and remaps. Either way the write
+//! is counted once.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -40,9 +40,6 @@ impl BlockBackend for SplicingMain {
     }
     fn flush(&self) -> Result<(), IoError> {
         self.faulty.flush()
-    }
-    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.faulty.inner().splice_fd()
     }
     fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
         self.faulty.inner().splice_write_fd()
@@ -88,140 +85,6 @@ fn rig() -> (Dev, Arc<SplicingMain>, Vec<u8>, tempfile::TempDir) {
 
 fn sectors(block: u64) -> impl Iterator<Item = u64> {
     block * BS / SECTOR..(block + 1) * BS / SECTOR
-}
-
-/// A transfer that reads the range from the file into `into` (standing in for a pipe).
-fn copy_into(
-    into: &mut Vec<u8>,
-    len: usize,
-) -> impl FnMut(BorrowedFd<'_>, u64) -> io::Result<()> + '_ {
-    move |fd, offset| {
-        let file = std::fs::File::from(fd.try_clone_to_owned()?);
-        into.resize(len, 0);
-        file.read_exact_at(into, offset)
-    }
-}
-
-#[test]
-fn a_clean_range_is_transferred_and_the_buffer_untouched() {
-    let (dev, _main, data, _dir) = rig();
-    let mut moved = Vec::new();
-    const LEN: usize = 16 * BS as usize;
-    let mut buf = vec![0xEEu8; LEN];
-    let through = dev
-        .read_through(8 * BS, &mut buf, &mut copy_into(&mut moved, LEN))
-        .unwrap();
-    assert_eq!(through, Through::Transferred);
-    assert!(moved == data[8 * BS as usize..24 * BS as usize]);
-    assert!(buf.iter().all(|&b| b == 0xEE));
-    let s = dev.stats();
-    assert_eq!((s.reads, s.bytes_read), (1, 16 * BS));
-    // Through the trait, as a frontend holding `dyn BlockBackend` calls it.
-    let as_backend: &dyn BlockBackend = &dev;
-    moved.clear();
-    let through = as_backend
-        .read_through(0, &mut buf, &mut copy_into(&mut moved, LEN))
-        .unwrap();
-    assert_eq!(through, Through::Transferred);
-    assert!(moved == data[..16 * BS as usize]);
-}
-
-#[test]
-fn a_remapped_block_in_the_range_is_read_by_the_engine() {
-    let (dev, main, data, _dir) = rig();
-    // Block 10 fails a write and moves to the spare with its new contents.
-    main.faulty.fail_writes(sectors(10));
-    let new = vec![0x5Au8; BS as usize];
-    dev.write(10 * BS, &new).unwrap();
-    assert!(dev.entry(10).is_some_and(|e| e.is_remapped()));
-
-    let mut called = false;
-    let mut transfer = |_: BorrowedFd<'_>, _: u64| {
-        called = true;
-        Ok(())
-    };
-    let mut buf = vec![0u8; 8 * BS as usize];
-    let through = dev.read_through(8 * BS, &mut buf, &mut transfer).unwrap();
-    assert_eq!(through, Through::Buffered);
-    assert!(
-        !called,
-        "a range holding a remapped block is not transferred from main"
-    );
-    let mut want = data[8 * BS as usize..16 * BS as usize].to_vec();
-    want[2 * BS as usize..3 * BS as usize].copy_from_slice(&new);
-    assert!(buf == want);
-    assert_eq!(dev.stats().reads, 1);
-}
-
-#[test]
-fn a_failed_transfer_falls_back_to_the_read_and_its_errors() {
-    let (dev, main, data, _dir) = rig();
-    let mut fail = |_: BorrowedFd<'_>, _: u64| Err(io::Error::from_raw_os_error(5));
-    let mut buf = vec![0u8; 4 * BS as usize];
-    let through = dev.read_through(0, &mut buf, &mut fail).unwrap();
-    assert_eq!(through, Through::Buffered);
-    assert!(buf == data[..4 * BS as usize]);
-
-    // A bad sector on main: the normal read fails it and marks the block pending, as
-    // `read` does; no data comes back.
-    main.faulty.fail_reads(sectors(2));
-    let mut buf = vec![0u8; 4 * BS as usize];
-    let err = dev.read_through(0, &mut buf, &mut fail).unwrap_err();
-    assert_eq!(err.errno(), 5, "{err}");
-    assert!(dev.entry(2).is_some_and(|e| e.is_pending()));
-    assert!(buf.iter().all(|&b| b == 0));
-    let s = dev.stats();
-    assert_eq!((s.reads, s.failed_ios), (2, 1), "{s:?}");
-    // Out of range: the read's own error, no transfer.
-    assert!(dev.read_through(BLOCKS * BS, &mut buf, &mut fail).is_err());
-}
-
-#[test]
-fn a_table_change_during_the_transfer_sends_the_read_down_the_normal_path() {
-    let (dev, main, data, _dir) = rig();
-    main.faulty.fail_writes(sectors(40));
-    let mut moved = Vec::new();
-    let mut buf = vec![0u8; 4 * BS as usize];
-    let len = buf.len();
-    let through = {
-        let mut copy = copy_into(&mut moved, len);
-        let mut racing = |fd: BorrowedFd<'_>, offset: u64| {
-            copy(fd, offset)?;
-            // Another request remaps a block elsewhere meanwhile: the generation moves.
-            dev.write(40 * BS, &[1u8; BS as usize]).unwrap();
-            Ok(())
-        };
-        dev.read_through(0, &mut buf, &mut racing).unwrap()
-    };
-    assert_eq!(
-        through,
-        Through::Buffered,
-        "the transferred bytes are discarded"
-    );
-    assert!(buf == data[..4 * BS as usize]);
-    assert_eq!(dev.stats().reads, 1);
-}
-
-#[test]
-fn backends_that_must_see_every_read_never_transfer() {
-    let mem = MemBackend::new(BS as usize);
-    mem.write_at(0, &[3u8; BS as usize]).unwrap();
-    let faulty = FaultyBackend::new(MemBackend::new(BS as usize), SECTOR);
-    for backend in [&mem as &dyn BlockBackend, &faulty] {
-        assert!(backend.splice_fd().is_none());
-        let mut called = false;
-        let mut transfer = |_: BorrowedFd<'_>, _: u64| {
-            called = true;
-            Ok(())
-        };
-        let t: &mut Transfer<'_> = &mut transfer;
-        let mut buf = vec![9u8; BS as usize];
-        assert_eq!(
-            backend.read_through(0, &mut buf, t).unwrap(),
-            Through::Buffered
-        );
-        assert!(!called);
-    }
 }
 
 /// A write transfer that stores `data` into the file it is given (standing in for a
@@ -363,4 +226,39 @@ fn a_failed_or_racing_write_transfer_is_loaded_and_written_normally() {
         dev.write_through(BLOCKS * BS, &mut buf, &mut never, &mut fail)
             .is_err()
     );
+}
+
+#[test]
+fn backends_that_must_see_every_write_never_transfer() {
+    let mem = MemBackend::new(BS as usize);
+    let faulty = FaultyBackend::new(MemBackend::new(BS as usize), SECTOR);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro");
+    std::fs::write(&path, vec![0u8; BS as usize]).unwrap();
+    let read_only = OpenOptions::new().read_only(true).open(&path).unwrap();
+    for backend in [&mem as &dyn BlockBackend, &faulty, &read_only] {
+        assert!(backend.splice_write_fd().is_none());
+        assert!(!backend.takes_write_transfers());
+    }
+    for backend in [&mem as &dyn BlockBackend, &faulty] {
+        let mut called = false;
+        let mut transfer = |_: BorrowedFd<'_>, _: u64| {
+            called = true;
+            Ok(())
+        };
+        let t: &mut Transfer<'_> = &mut transfer;
+        let mut buf = vec![0u8; BS as usize];
+        let mut load = |b: &mut [u8]| {
+            b.fill(6);
+            Ok(())
+        };
+        assert_eq!(
+            backend.write_through(0, &mut buf, t, &mut load).unwrap(),
+            Through::Buffered
+        );
+        assert!(!called);
+        let mut back = vec![0u8; BS as usize];
+        backend.read_at(0, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 6));
+    }
 }

@@ -27,7 +27,7 @@ pub(crate) struct Buffers {
     pub data: Vec<u8>,
     /// Small replies (errors, block status).
     pub small: Vec<u8>,
-    /// The pipe large reads and writes are spliced through, made on the first one.
+    /// The pipe large writes are spliced through, made on the first one.
     pipe: Option<SplicePipe>,
     /// The second pipe of a spliced write, holding a reference to its payload until the
     /// write is done.
@@ -45,31 +45,17 @@ impl Buffers {
         &mut self.data[DATA_AT..DATA_AT + len]
     }
 
-    /// Where a read of `len` bytes goes: the payload room, and the pipe when the read is
-    /// large enough to splice and fits in it.
-    pub fn read_target(&mut self, len: usize) -> (&mut [u8], Option<&mut SplicePipe>) {
-        if len >= SPLICE_MIN && self.pipe.is_none() && !self.no_pipe {
-            match SplicePipe::new() {
-                Ok(p) => self.pipe = Some(p),
-                Err(e) => {
-                    tracing::debug!(error = %e, "no pipe for spliced reads; copying them");
-                    self.no_pipe = true;
-                }
+    /// A pipe, unless the process's budget of pipes is spent (then this request is
+    /// copied) or making one failed (then this worker copies from now on).
+    fn new_pipe(&mut self) -> Option<SplicePipe> {
+        match SplicePipe::new()? {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot make a pipe for spliced I/O; copying");
+                self.no_pipe = true;
+                None
             }
         }
-        let pipe = self
-            .pipe
-            .as_mut()
-            .filter(|p| len >= SPLICE_MIN && p.fits(len));
-        if self.data.len() < DATA_AT + len {
-            self.data.resize(DATA_AT + len, 0);
-        }
-        (&mut self.data[DATA_AT..DATA_AT + len], pipe)
-    }
-
-    /// The pipe of the read just spliced.
-    pub fn pipe(&mut self) -> Option<&mut SplicePipe> {
-        self.pipe.as_mut()
     }
 
     /// The two pipes a write of `len` bytes is spliced through, if it is large enough and
@@ -78,17 +64,11 @@ impl Buffers {
         if len < SPLICE_MIN || self.no_pipe {
             return None;
         }
-        for slot in [&mut self.pipe, &mut self.copy] {
-            if slot.is_none() {
-                match SplicePipe::new() {
-                    Ok(p) => *slot = Some(p),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no pipe for spliced writes; copying them");
-                        self.no_pipe = true;
-                        return None;
-                    }
-                }
-            }
+        if self.pipe.is_none() {
+            self.pipe = self.new_pipe();
+        }
+        if self.copy.is_none() {
+            self.copy = self.new_pipe();
         }
         match (self.pipe.as_mut(), self.copy.as_mut()) {
             (Some(p), Some(c)) if p.fits(len) && c.fits(len) => Some((p, c)),
@@ -112,7 +92,7 @@ impl Buffers {
     }
 
     /// Free buffers grown past what a worker keeps, and a pipe left holding bytes that were
-    /// not sent (a read that fell back to the copy, or a reply that failed).
+    /// not written (a transfer that failed part way, a broken connection).
     pub fn trim(&mut self) {
         if self.pipe.as_ref().is_some_and(SplicePipe::is_dirty) {
             self.pipe = None;

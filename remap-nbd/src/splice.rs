@@ -1,33 +1,38 @@
-//! Reads and writes without copying the data through the server (`splice(2)`).
+//! Writes without copying the payload through the server (`splice(2)`): the payload is
+//! spliced from the socket into a pipe and `tee`d into a second one (a second reference, no
+//! copy), then the first is spliced into the backend's file: one copy, into the page cache,
+//! instead of two. If that transfer fails or races with a remap, the second pipe still
+//! holds the payload, and the normal write (which remaps a failing block) takes it from
+//! there. A pipe left holding bytes that were not written is dropped, never reused.
 //!
-//! - A read: the backend's file is spliced into a pipe, and the pipe into the socket after
-//!   the reply header, so a page of the main device goes from the page cache to the socket
-//!   by reference. The data is in the pipe before the reply header is sent, so a read that
-//!   fails (a bad sector) or races with a remap is answered from the normal path instead,
-//!   with its real error or its data; nothing has reached the client by then.
-//! - A write: the payload is spliced from the socket into a pipe and `tee`d into a second
-//!   one (a second reference, no copy), then the first is spliced into the backend's file:
-//!   one copy, into the page cache, instead of two. If that transfer fails or races with a
-//!   remap, the second pipe still holds the payload, and the normal write (which remaps a
-//!   failing block) takes it from there.
-//!
-//! A pipe holding bytes that were not sent or written is dropped, never reused.
+//! Reads are not spliced: on the benchmark (`benches/nbd/compare.sh`, tmpfs, loopback TCP)
+//! a file-to-pipe-to-socket splice cost the server more CPU per MiB than `pread` + `send`,
+//! and the same on a loop device opened with `O_DIRECT` (`docs/design.md`, "NBD fast
+//! paths").
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rustix::net::SendFlags;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 
-/// Reads of at least this many bytes are spliced; smaller ones are copied (for a few
-/// KiB, the two extra system calls cost more than the copy they save).
+/// Writes of at least this many bytes are spliced; smaller ones are copied (for a few
+/// KiB, the extra system calls cost more than the copy they save).
 pub(crate) const SPLICE_MIN: usize = 64 * 1024;
-/// The capacity asked for each worker's pipe: the largest read spliced. Linux lets an
+/// The capacity asked for each pipe: the largest write spliced. Linux lets an
 /// unprivileged process grow a pipe to `/proc/sys/fs/pipe-max-size` (1 MiB by default);
-/// a larger read, or one on a smaller pipe, is copied.
+/// a larger write, or one on a smaller pipe, is copied.
 pub(crate) const PIPE_SIZE: usize = 1 << 20;
+
+/// The most pipes this process holds at once. A pipe pins no memory while empty, but Linux
+/// counts the capacity of every pipe against its user (`/proc/sys/fs/pipe-user-pages-soft`,
+/// 64 MiB by default): beyond that, the user's new pipes, ours and other programs', get one
+/// page. Workers beyond this budget copy.
+pub(crate) const MAX_PIPES: usize = 32;
+
+static LIVE_PIPES: AtomicUsize = AtomicUsize::new(0);
 
 /// One worker's pipe.
 #[derive(Debug)]
@@ -40,20 +45,32 @@ pub(crate) struct SplicePipe {
 }
 
 impl SplicePipe {
-    /// A new empty pipe, grown to [`PIPE_SIZE`] if the system allows.
-    pub fn new() -> io::Result<Self> {
-        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-        let capacity = match rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE) {
-            Ok(n) => n,
-            // Above pipe-max-size or the user's pipe quota: keep the default size.
-            Err(_) => rustix::pipe::fcntl_getpipe_size(&write)?,
-        };
-        Ok(SplicePipe {
-            read,
-            write,
-            capacity,
-            held: 0,
-        })
+    /// A new empty pipe, grown to [`PIPE_SIZE`] if the system allows; `None` when
+    /// [`MAX_PIPES`] are open.
+    pub fn new() -> Option<io::Result<Self>> {
+        let taken = LIVE_PIPES.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < MAX_PIPES).then_some(n + 1)
+        });
+        if taken.is_err() {
+            return None;
+        }
+        let made = rustix::pipe::pipe_with(PipeFlags::CLOEXEC).and_then(|(read, write)| {
+            let capacity = match rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE) {
+                Ok(n) => n,
+                // Above pipe-max-size or the user's pipe quota: keep the default size.
+                Err(_) => rustix::pipe::fcntl_getpipe_size(&write)?,
+            };
+            Ok(SplicePipe {
+                read,
+                write,
+                capacity,
+                held: 0,
+            })
+        });
+        if made.is_err() {
+            LIVE_PIPES.fetch_sub(1, Ordering::SeqCst);
+        }
+        Some(made.map_err(io::Error::from))
     }
 
     /// Whether a read of `len` bytes fits.
@@ -64,12 +81,6 @@ impl SplicePipe {
     /// Whether the pipe holds bytes that were not sent (then it must not be reused).
     pub fn is_dirty(&self) -> bool {
         self.held != 0
-    }
-
-    /// Move `len` bytes of `file` at `offset` into the pipe. An error if fewer arrived
-    /// (the end of the file, or a read error part way).
-    pub fn fill(&mut self, file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<()> {
-        self.fill_from(file, Some(offset), len)
     }
 
     /// Move the next `len` bytes of a stream (a socket) into the pipe.
@@ -201,77 +212,81 @@ impl SplicePipe {
         }
         Ok(())
     }
-
-    /// Send `header` and then everything in the pipe to `socket`.
-    pub fn send(&mut self, socket: BorrowedFd<'_>, header: &[u8]) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < header.len() {
-            // MORE: the data follows at once, so the header does not leave as a segment
-            // of its own.
-            match rustix::net::send(
-                socket,
-                &header[sent..],
-                SendFlags::MORE | SendFlags::NOSIGNAL,
-            ) {
-                Ok(n) => sent += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        while self.held > 0 {
-            match rustix::pipe::splice(
-                &self.read,
-                None,
-                socket,
-                None,
-                self.held,
-                SpliceFlags::empty(),
-            ) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => self.held -= n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
 }
 
-impl AsFd for SplicePipe {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.read.as_fd()
+impl Drop for SplicePipe {
+    fn drop(&mut self) {
+        LIVE_PIPES.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+
+    fn pipe() -> SplicePipe {
+        SplicePipe::new()
+            .expect("under the budget")
+            .expect("a pipe")
+    }
 
     #[test]
-    fn a_file_range_goes_through_the_pipe_after_the_header() {
-        let mut file = tempfile::tempfile().unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        file.write_all(&data).unwrap();
-        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut pipe = SplicePipe::new().unwrap();
-        assert!(pipe.fits(200_000), "capacity {}", pipe.capacity);
-        pipe.fill(file.as_fd(), 1000, 200_000).unwrap();
-        assert!(pipe.is_dirty() && !pipe.fits(1));
-        let reader = std::thread::spawn(move || {
-            let mut got = vec![0u8; 4 + 200_000];
-            b.read_exact(&mut got).unwrap();
-            got
-        });
-        pipe.send(a.as_fd(), b"head").unwrap();
-        let got = reader.join().unwrap();
-        assert_eq!(&got[..4], b"head");
-        assert!(got[4..] == data[1000..201_000]);
-        assert!(!pipe.is_dirty());
+    fn a_payload_goes_from_the_stream_through_two_pipes_into_the_file() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let payload = payload.clone();
+            std::thread::spawn(move || a.write_all(&payload[1000..]).unwrap())
+        };
+        let (mut first, mut copy) = (pipe(), pipe());
+        assert!(first.fits(300_000), "capacity {}", first.capacity);
+        first.push(&payload[..1000]).unwrap();
+        first.fill_stream(b.as_fd(), 299_000).unwrap();
+        writer.join().unwrap();
+        first.tee_into(&mut copy).unwrap();
+        assert!(first.is_dirty() && copy.is_dirty() && !first.fits(1));
 
-        // Past the end of the file: an error, and the pipe is dirty with what did arrive.
-        let mut pipe = SplicePipe::new().unwrap();
-        assert!(pipe.fill(file.as_fd(), 299_000, 4096).is_err());
-        assert!(pipe.is_dirty());
+        let file = tempfile::tempfile().unwrap();
+        first.drain_to_file(file.as_fd(), 4096).unwrap();
+        let mut back = vec![0u8; payload.len()];
+        file.read_exact_at(&mut back, 4096).unwrap();
+        assert!(back == payload);
+        // The copy still holds the payload, whole.
+        let mut again = vec![0u8; payload.len()];
+        copy.read_into(&mut again).unwrap();
+        assert!(again == payload && !copy.is_dirty());
+        assert!(
+            copy.read_into(&mut [0u8; 1]).is_err(),
+            "nothing is left to read"
+        );
+
+        // Discarding drops a copy without reading it.
+        first.push(&payload[..5000]).unwrap();
+        first.tee_into(&mut copy).unwrap();
+        copy.discard().unwrap();
+        assert!(!copy.is_dirty());
+        assert!(first.tee_into(&mut copy).is_ok());
+        let mut busy = pipe();
+        busy.push(b"x").unwrap();
+        assert!(
+            first.tee_into(&mut busy).is_err(),
+            "a busy copy pipe is refused"
+        );
+    }
+
+    #[test]
+    fn a_stream_that_ends_early_is_an_error() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(&[7u8; 100]).unwrap();
+        drop(a);
+        let mut p = pipe();
+        assert!(p.fill_stream(b.as_fd(), 200).is_err());
+        assert!(
+            p.is_dirty(),
+            "what did arrive is in the pipe; it will not be reused"
+        );
     }
 }

@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
-use std::os::fd::AsFd;
 
 use remap_core::{IoError, Through};
 
@@ -172,8 +171,6 @@ enum Outcome {
     Done,
     /// Success; this many bytes of data sit in the worker's buffer at `DATA_AT`.
     Data(usize),
-    /// Success; this many bytes of data sit in the worker's pipe.
-    Spliced(usize),
     /// Success; the complete structured reply sits in the worker's small buffer.
     Status,
     Failed(Rejection),
@@ -566,20 +563,10 @@ impl Connection {
                 if len == 0 {
                     return Outcome::Done;
                 }
-                let n = len as usize;
-                let result = match buffers.read_target(n) {
-                    (buf, Some(pipe)) => {
-                        backend.read_through(r.offset, buf, &mut |fd, at| pipe.fill(fd, at, n))
-                    }
-                    (buf, None) => backend.read_at(r.offset, buf).map(|()| Through::Buffered),
-                };
-                match result {
-                    Ok(through) => {
+                match backend.read_at(r.offset, buffers.payload(len as usize)) {
+                    Ok(()) => {
                         self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
-                        match through {
-                            Through::Transferred => Outcome::Spliced(n),
-                            Through::Buffered => Outcome::Data(n),
-                        }
+                        Outcome::Data(len as usize)
                     }
                     Err(e) => done(Err(e)),
                 }
@@ -714,7 +701,6 @@ impl Connection {
                 }
             }
             Outcome::Status => &buffers.small,
-            Outcome::Spliced(n) => return self.reply_spliced(r, n, buffers),
             Outcome::Done if structured && is_read => {
                 // A zero-length read: a read must not get a simple reply once structured
                 // replies are on.
@@ -757,9 +743,7 @@ impl Connection {
                 source,
             })
     }
-}
 
-impl Connection {
     /// Execute a write whose payload sits in the worker's two pipes: the first is spliced
     /// into the backend's file if it takes the transfer; otherwise the copy is loaded into
     /// the buffer and written normally.
@@ -791,35 +775,6 @@ impl Connection {
                 Outcome::Failed(e.into())
             }
         }
-    }
-
-    /// Send the reply to a read whose data sits in the worker's pipe: the header, then the
-    /// pipe, under the write lock.
-    fn reply_spliced(
-        &self,
-        r: &RequestHeader,
-        n: usize,
-        buffers: &mut Buffers,
-    ) -> Result<(), TransmissionError> {
-        let mut head = [0u8; OFFSET_DATA_HEADER_LEN];
-        let head: &[u8] = if self.session.structured {
-            offset_data_header(&mut head, r.cookie, r.offset, n as u32);
-            &head
-        } else {
-            head[..SIMPLE_REPLY_LEN].copy_from_slice(&simple_reply(0, r.cookie));
-            &head[..SIMPLE_REPLY_LEN]
-        };
-        let sent = match buffers.pipe() {
-            Some(pipe) => self.replies.exclusive().and_then(|_wire| {
-                pipe.send(self.socket.as_fd(), head)
-                    .inspect_err(|_| self.replies.mark_broken())
-            }),
-            None => Err(std::io::Error::other("the spliced data's pipe is gone")),
-        };
-        sent.map_err(|source| TransmissionError::SendReply {
-            cookie: r.cookie,
-            source,
-        })
     }
 }
 

@@ -316,12 +316,6 @@ impl BlockBackend for FileBackend {
         self.size
     }
 
-    /// The file itself: its bytes are this backend's, at the same offsets. With `O_DIRECT`
-    /// a splice reads the device as `read_at` does (the kernel reads into the pipe's pages).
-    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.file.as_fd())
-    }
-
     fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
         (!self.direct && !self.read_only).then(|| self.file.as_fd())
     }

@@ -138,21 +138,19 @@ pub fn check_range(op: IoOp, offset: u64, len: u64, size: u64) -> Result<(), IoE
     }
 }
 
-/// Moves the bytes of a read out of a file without copying them through user memory
-/// (`splice` into a pipe): called with the file and the offset in it of the first byte.
-/// Either every byte was moved and it returns `Ok`, or it returns an error and the caller
-/// discards whatever it had moved.
+/// Moves the bytes of a write into a file without copying them through user memory (a
+/// `splice` out of a pipe): called with the file and the offset in it of the first byte.
+/// Either every byte was stored and it returns `Ok`, or it returns an error.
 pub type Transfer<'a> = dyn FnMut(BorrowedFd<'_>, u64) -> io::Result<()> + 'a;
 
 /// Fills the buffer with the bytes of a write whose transfer was not taken or failed (the
 /// caller kept a copy of them, e.g. in a second pipe).
 pub type Load<'a> = dyn FnMut(&mut [u8]) -> io::Result<()> + 'a;
 
-/// How [`BlockBackend::read_through`] delivered a read, or
-/// [`BlockBackend::write_through`] a write.
+/// How [`BlockBackend::write_through`] delivered a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Through {
-    /// The transfer moved the bytes; the buffer was not touched.
+    /// The transfer stored the bytes; the buffer was not touched.
     Transferred,
     /// The bytes went through the buffer (the transfer was not offered, or it failed).
     Buffered,
@@ -215,37 +213,6 @@ pub trait BlockBackend: Send + Sync {
             done += step as u64;
         }
         Ok(())
-    }
-
-    /// The file that holds this backend's bytes at the same offsets, when moving bytes out
-    /// of it with `splice` reads exactly what [`read_at`](Self::read_at) would. `None`
-    /// (the default) for every backend that must see each read itself: memory, the
-    /// simulated faulty and crashing disks, the remapping device.
-    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-
-    /// Read `buf.len()` bytes at `offset`, preferably by handing them to `transfer`
-    /// (see [`Transfer`]) so a frontend can send them on without a copy. Falls back to
-    /// [`read_at`](Self::read_at) into `buf` when this backend has no
-    /// [`splice_fd`](Self::splice_fd) or the transfer fails (a failing sector then
-    /// reports its error through the normal read). The remapping device overrides it to
-    /// transfer only runs its fast path would read from the main device.
-    fn read_through(
-        &self,
-        offset: u64,
-        buf: &mut [u8],
-        transfer: &mut Transfer<'_>,
-    ) -> Result<Through, IoError> {
-        let len = buf.len() as u64;
-        if len > 0
-            && check_range(IoOp::Read, offset, len, self.size_bytes()).is_ok()
-            && let Some(fd) = self.splice_fd()
-            && transfer(fd, offset).is_ok()
-        {
-            return Ok(Through::Transferred);
-        }
-        self.read_at(offset, buf).map(|()| Through::Buffered)
     }
 
     /// The file this backend writes at the same offsets, when a `splice` into it stores
@@ -331,17 +298,6 @@ macro_rules! forward_backend {
             }
             fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), IoError> {
                 (**self).write_zeroes(offset, len)
-            }
-            fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
-                (**self).splice_fd()
-            }
-            fn read_through(
-                &self,
-                offset: u64,
-                buf: &mut [u8],
-                transfer: &mut Transfer<'_>,
-            ) -> Result<Through, IoError> {
-                (**self).read_through(offset, buf, transfer)
             }
             fn splice_write_fd(&self) -> Option<BorrowedFd<'_>> {
                 (**self).splice_write_fd()
