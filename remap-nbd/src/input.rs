@@ -102,6 +102,11 @@ impl<R: Read> Input<R> {
         Ok(())
     }
 
+    /// Bytes read from the stream and not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.end - self.pos
+    }
+
     /// Move the next `len` bytes into `pipe`: those already buffered by a copy, the rest
     /// spliced from the stream.
     pub fn splice_into(&mut self, pipe: &mut SplicePipe, len: usize) -> io::Result<()>

@@ -45,7 +45,7 @@ impl Replies {
         if reply.len() > COMBINE_MAX {
             return self.send_alone(socket, reply);
         }
-        let mut batch = {
+        let batch = {
             let mut q = lock(&self.queue);
             if q.broken {
                 return Err(broken());
@@ -62,6 +62,11 @@ impl Replies {
             q.sending = true;
             std::mem::take(&mut q.pending)
         };
+        self.send_queued(socket, batch)
+    }
+
+    /// The sender's loop: write `batch`, then what was queued meanwhile, until nothing is.
+    fn send_queued(&self, socket: &Socket, mut batch: Vec<u8>) -> io::Result<()> {
         loop {
             let written = {
                 let _wire = lock(&self.wire);
@@ -85,6 +90,24 @@ impl Replies {
             }
             std::mem::swap(&mut q.pending, &mut batch);
         }
+    }
+
+    /// Hold small replies back: until [`release`](Self::release), they are queued and
+    /// not written. Returns whether this caller holds them; if another is sending at the
+    /// moment, it does not, and that sender writes them as usual.
+    pub fn hold(&self) -> bool {
+        let mut q = lock(&self.queue);
+        if q.sending || q.broken {
+            return false;
+        }
+        q.sending = true;
+        true
+    }
+
+    /// Write what was held back (and whatever is queued meanwhile), then stop holding.
+    pub fn release(&self, socket: &Socket) -> io::Result<()> {
+        let batch = std::mem::take(&mut lock(&self.queue).pending);
+        self.send_queued(socket, batch)
     }
 
     /// Take the socket for one reply written by the caller (large and spliced replies).

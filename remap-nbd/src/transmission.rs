@@ -34,6 +34,7 @@ use std::net::Shutdown;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -55,6 +56,17 @@ use crate::socket::{Socket, SocketReader};
 
 /// The most extents sent for one context in one block status reply.
 pub const MAX_EXTENTS: usize = 64 * 1024;
+/// A request read while the next one is already buffered is executed by the worker that
+/// read it, without handing the read lock on, if requests on this connection have been
+/// taking less than this on average: handing a request to another thread (a futex wake
+/// and a context switch) then costs more than the request. Slower requests (a disk, not
+/// the page cache) go to their own worker, so they run in parallel.
+pub(crate) const INLINE_MAX_NS: u64 = 20_000;
+/// The largest read or write run that way.
+pub(crate) const INLINE_MAX_LEN: u32 = 64 * 1024;
+/// The most requests one worker runs that way before it hands the lock on (and its held
+/// replies leave).
+pub(crate) const INLINE_RUN: u32 = 32;
 /// `NBD_CMD_CACHE` reads ahead in pieces of this size.
 const CACHE_PIECE: u64 = 1 << 20;
 
@@ -165,6 +177,20 @@ struct Job<'a> {
     _reservation: Option<Reservation<'a>>,
 }
 
+impl Job<'_> {
+    /// A read, or a write without FUA, of at most [`INLINE_MAX_LEN`] bytes: the requests
+    /// a worker may run inline. Flushes, FUA writes, trims, caches and the rest go to a
+    /// worker of their own however fast recent requests were.
+    fn is_small_io(&self) -> bool {
+        let r = &self.request;
+        match self.checked {
+            Ok(Command::Read) => r.len <= INLINE_MAX_LEN,
+            Ok(Command::Write) => r.len <= INLINE_MAX_LEN && r.flags & cf::FUA == 0,
+            _ => false,
+        }
+    }
+}
+
 /// What executing a request produced.
 enum Outcome {
     /// Success without data.
@@ -193,6 +219,8 @@ pub(crate) struct Connection {
     server_stopping: Arc<AtomicBool>,
     /// Workers waiting for the read lock.
     waiting: AtomicUsize,
+    /// Moving average of how long a request takes to execute and answer, in ns.
+    recent_ns: AtomicU64,
     workers: AtomicUsize,
     handles: Mutex<Vec<JoinHandle<()>>>,
     budget: ByteBudget,
@@ -231,6 +259,7 @@ impl Connection {
             closing: AtomicBool::new(false),
             server_stopping,
             waiting: AtomicUsize::new(0),
+            recent_ns: AtomicU64::new(0),
             workers: AtomicUsize::new(1),
             handles: Mutex::new(Vec::new()),
             budget: ByteBudget {
@@ -286,18 +315,79 @@ impl Connection {
         }
     }
 
+    /// A worker: take the read lock, read a request, and either hand the lock on and
+    /// execute it (so the next request is read meanwhile by another worker), or, when the
+    /// next request is already buffered and requests have been finishing fast, execute it
+    /// here and go on reading (see [`INLINE_MAX_NS`]).
     fn work(self: &Arc<Self>) {
         let mut buffers = self.pool.take();
-        while let Some(job) = self.next_request(&mut buffers) {
-            if let Err(e) = self.execute(job, &mut buffers) {
-                self.finish(End::Failed(e));
-                // Replies can no longer be delivered: stop everything.
-                self.socket.shutdown(Shutdown::Both);
-                break;
+        'lock: loop {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut input = lock(&self.reader);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            let mut held = false;
+            for run in 1.. {
+                let Some(job) = self.read_request(&mut input, &mut buffers) else {
+                    if held {
+                        let _ = self.replies.release(&self.socket);
+                    }
+                    break 'lock;
+                };
+                let inline = run < INLINE_RUN
+                    && job.is_small_io()
+                    && input.buffered() >= REQUEST_HEADER_LEN
+                    && self.recent_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
+                if inline {
+                    if !held {
+                        held = self.replies.hold();
+                    }
+                    if let Err(e) = self.execute_timed(job, &mut buffers) {
+                        if held {
+                            let _ = self.replies.release(&self.socket);
+                        }
+                        self.fail_to_send(e);
+                        break 'lock;
+                    }
+                    buffers.trim();
+                    continue;
+                }
+                self.maybe_spawn();
+                drop(input);
+                // The replies of the run leave together, before this request executes.
+                if held && let Err(e) = self.replies.release(&self.socket) {
+                    self.fail_to_send(TransmissionError::SendReply {
+                        cookie: job.request.cookie,
+                        source: e,
+                    });
+                    break 'lock;
+                }
+                if let Err(e) = self.execute_timed(job, &mut buffers) {
+                    self.fail_to_send(e);
+                    break 'lock;
+                }
+                buffers.trim();
+                continue 'lock;
             }
-            buffers.trim();
         }
         self.pool.give(buffers);
+    }
+
+    /// A reply could not be sent: the connection ends.
+    fn fail_to_send(&self, e: TransmissionError) {
+        self.finish(End::Failed(e));
+        // Replies can no longer be delivered: stop everything.
+        self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// [`execute`](Self::execute), keeping the moving average of how long requests take.
+    fn execute_timed(&self, job: Job<'_>, buffers: &mut Buffers) -> Result<(), TransmissionError> {
+        let started = Instant::now();
+        let r = self.execute(job, buffers);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let avg = self.recent_ns.load(Ordering::Relaxed);
+        self.recent_ns
+            .store(avg - avg / 8 + took / 8, Ordering::Relaxed);
+        r
     }
 
     /// Start one more worker if nobody is waiting to read and the limit allows. Called with
@@ -324,10 +414,11 @@ impl Connection {
     }
 
     /// Read the next request. `None` when the connection is ending.
-    fn next_request(self: &Arc<Self>, buffers: &mut Buffers) -> Option<Job<'_>> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let mut input = lock(&self.reader);
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    fn read_request(
+        &self,
+        input: &mut Input<SocketReader>,
+        buffers: &mut Buffers,
+    ) -> Option<Job<'_>> {
         if self.closing.load(Ordering::SeqCst) {
             return None;
         }
@@ -404,8 +495,6 @@ impl Connection {
             return None;
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        self.maybe_spawn();
-        drop(input);
         Some(Job {
             request,
             checked,

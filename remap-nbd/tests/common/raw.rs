@@ -363,6 +363,28 @@ impl Raw {
         }
     }
 
+    /// The reply to any one of several successful reads of `len` bytes in flight, each
+    /// answered in one piece: its cookie and data.
+    pub fn read_reply_any(&mut self, len: usize) -> (u64, Vec<u8>) {
+        match self.reply().expect("read reply") {
+            Reply::Simple { error, cookie } => {
+                assert_eq!(error, 0, "read {cookie} failed");
+                (cookie, self.recv(len).expect("read data"))
+            }
+            Reply::Chunk {
+                flags,
+                kind,
+                cookie,
+                payload,
+            } => {
+                assert_eq!(kind, CHUNK_OFFSET_DATA, "read {cookie}: chunk type {kind}");
+                assert_ne!(flags & 1, 0, "read {cookie} answered in one chunk");
+                assert_eq!(payload.len(), 8 + len);
+                (cookie, payload[8..].to_vec())
+            }
+        }
+    }
+
     /// A request without payload or data, answered by one reply: its error.
     pub fn simple_command(
         &mut self,
