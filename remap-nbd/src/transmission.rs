@@ -5,11 +5,17 @@
 //! Each connection has a small pool of worker threads (at most
 //! [`Limits::workers`], started on demand) working leader/follower style: a worker takes
 //! the read lock, reads one request (and a write's payload), lets go of the lock, executes
-//! the request against the backend and sends the reply under the write lock. No request is
-//! handed from thread to thread, so a request at queue depth 1 costs one wake-up, and a
-//! reply leaves in one `write` (header and data share one buffer). While one worker
-//! executes, the next reads; replies go out in completion order, tagged with the client's
-//! cookie.
+//! the request against the backend and sends the reply. No request is handed from thread
+//! to thread, and a reply leaves in one `write` (header and data share one buffer). While
+//! one worker executes, the next reads; replies go out in completion order, tagged with
+//! the client's cookie.
+//!
+//! While requests finish fast (the page cache, not a disk), a worker keeps the read lock
+//! and runs what it reads itself, holding small replies back until nothing more is
+//! buffered, and no more than [`FAST_WORKERS`] are started: a connection is then one
+//! thread in a loop, as a single-threaded server would be, with no wake-ups between
+//! requests. See [`INLINE_MAX_NS`]. Large writes are spliced from the socket to the
+//! backend's file when it offers one (`splice.rs`).
 //!
 //! # Bounds
 //!
@@ -56,16 +62,24 @@ use crate::socket::{Socket, SocketReader};
 
 /// The most extents sent for one context in one block status reply.
 pub const MAX_EXTENTS: usize = 64 * 1024;
-/// A request read while the next one is already buffered is executed by the worker that
-/// read it, without handing the read lock on, if requests on this connection have been
-/// taking less than this on average: handing a request to another thread (a futex wake
-/// and a context switch) then costs more than the request. Slower requests (a disk, not
-/// the page cache) go to their own worker, so they run in parallel.
+/// A small read or write is executed by the worker that read it, which then reads the next
+/// request itself, if requests on this connection have been taking less than this on
+/// average: handing a request to another thread (a futex wake and a context switch, and
+/// another when the first wants the read lock back) then costs more than the request.
+/// Slower requests (a disk, not the page cache) go to a worker of their own, so they run in
+/// parallel. The price: a request that turns out slow (a failing sector being retried)
+/// holds up the requests behind it on its connection until it finishes, as a disk's error
+/// handling holds up its queue; the average then sends the next ones to workers.
 pub(crate) const INLINE_MAX_NS: u64 = 20_000;
+/// While requests are that fast, a connection starts no more workers than this: one
+/// reads (and runs what it reads) while another executes; more only wait for the read
+/// lock and cost wake-ups. Slow requests start more, up to `workers_per_connection`, so a
+/// disk gets many requests at once.
+pub(crate) const FAST_WORKERS: usize = 2;
 /// The largest read or write run that way.
 pub(crate) const INLINE_MAX_LEN: u32 = 64 * 1024;
-/// The most requests one worker runs that way before it hands the lock on (and its held
-/// replies leave).
+/// The most requests one worker runs that way before it hands the lock on once (and its
+/// held replies leave), so a client that keeps the buffer full still sees replies.
 pub(crate) const INLINE_RUN: u32 = 32;
 /// `NBD_CMD_CACHE` reads ahead in pieces of this size.
 const CACHE_PIECE: u64 = 1 << 20;
@@ -316,9 +330,10 @@ impl Connection {
     }
 
     /// A worker: take the read lock, read a request, and either hand the lock on and
-    /// execute it (so the next request is read meanwhile by another worker), or, when the
-    /// next request is already buffered and requests have been finishing fast, execute it
-    /// here and go on reading (see [`INLINE_MAX_NS`]).
+    /// execute it (so the next request is read meanwhile by another worker), or, while
+    /// requests are finishing fast, execute it here and go on reading (see
+    /// [`INLINE_MAX_NS`]). The replies of such a run are held and leave together when
+    /// nothing more is buffered, before the worker waits for more.
     fn work(self: &Arc<Self>) {
         let mut buffers = self.pool.take();
         'lock: loop {
@@ -335,17 +350,28 @@ impl Connection {
                 };
                 let inline = run < INLINE_RUN
                     && job.is_small_io()
-                    && input.buffered() >= REQUEST_HEADER_LEN
                     && self.recent_ns.load(Ordering::Relaxed) < INLINE_MAX_NS;
                 if inline {
                     if !held {
                         held = self.replies.hold();
                     }
-                    if let Err(e) = self.execute_timed(job, &mut buffers) {
-                        if held {
-                            let _ = self.replies.release(&self.socket);
-                        }
+                    let cookie = job.request.cookie;
+                    let done = self.execute_timed(job, &mut buffers);
+                    // Nothing more to read at once: the held replies leave before this
+                    // worker waits for the next request.
+                    let flushed =
+                        if held && (done.is_err() || input.buffered() < REQUEST_HEADER_LEN) {
+                            held = false;
+                            self.replies.release(&self.socket)
+                        } else {
+                            Ok(())
+                        };
+                    if let Err(e) = done {
                         self.fail_to_send(e);
+                        break 'lock;
+                    }
+                    if let Err(e) = flushed {
+                        self.fail_to_send(TransmissionError::SendReply { cookie, source: e });
                         break 'lock;
                     }
                     buffers.trim();
@@ -393,8 +419,10 @@ impl Connection {
     /// Start one more worker if nobody is waiting to read and the limit allows. Called with
     /// the read lock held, so two workers never race to start a third.
     fn maybe_spawn(self: &Arc<Self>) {
+        let workers = self.workers.load(Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0
-            || self.workers.load(Ordering::SeqCst) >= self.limits.workers
+            || workers >= self.limits.workers
+            || (workers >= FAST_WORKERS && self.recent_ns.load(Ordering::Relaxed) < INLINE_MAX_NS)
             || self.closing.load(Ordering::SeqCst)
         {
             return;
