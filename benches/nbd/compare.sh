@@ -11,7 +11,7 @@
 # The table shows medians and the ratio ours/nbdkit (above 1.00 = ours is faster), then the
 # server CPU per MiB or per I/O for each row and the ratio nbdkit/ours (above 1.00 = ours
 # spends less), which other work on the machine disturbs far less than the rates, and last
-# the client's ceiling on the nbdcopy rows (nbdcopy against nbdkit servers that do nothing).
+# a reference for the nbdcopy rows: nbdcopy against nbdkit servers that do next to nothing.
 #
 # Usage: benches/nbd/compare.sh            (about 3 minutes)
 # Environment: REPS (3), RUNTIME seconds per fio run (4), SIZE_MIB (1024), PORT (10900),
@@ -161,9 +161,9 @@ for i in "${!ROWS[@]}"; do
   printf '%-28s %12.1f %12.1f %12.2f\n' "${label/ IOPS/}" "$k" "$o" "$(awk -v o="$o" -v k="$k" 'BEGIN { print k / o }')"
 done
 
-# The client's own limit on the nbdcopy rows: the same nbdcopy against servers that do next
-# to nothing (`nbdkit pattern` makes data for reads, `nbdkit null` drops writes). No server
-# can show a ratio above ceiling/nbdkit on that row on this machine.
+# A reference for the nbdcopy rows: the same nbdcopy against servers that do next
+# to nothing (`nbdkit pattern` makes data for reads, `nbdkit null` drops writes): how fast
+# the client goes on this machine when the server costs little (not a hard ceiling).
 : >"$WORK/ceiling"
 for rep in $(seq "$REPS"); do
   nbdkit -f -i 127.0.0.1 -p "$PORT" pattern "${SIZE_MIB}M" >"$WORK/ceiling.log" 2>&1 &
@@ -179,7 +179,7 @@ for rep in $(seq "$REPS"); do
 done
 ceiling() { awk -v r="$1" '$1 == r { print $2 }' "$WORK/ceiling" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 echo
-echo "client ceiling (nbdcopy against nbdkit pattern / null, which do next to nothing); medians"
+echo "reference: the same nbdcopy against nbdkit pattern (reads) and null (writes), servers with next to nothing behind them; medians"
 printf '%-28s %12s %12s\n' "" "MiB/s" "/nbdkit"
 for r in read write; do
   c=$(ceiling $r)

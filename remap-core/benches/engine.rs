@@ -9,7 +9,9 @@
 //!
 //! After criterion's figures a summary table is printed: medians of interleaved rounds of
 //! the raw backend and the device (so drift hits both alike) and the device's overhead in
-//! percent. Targets (issue 2): overhead under 2 %; lookup under 100 ns at 1M entries.
+//! percent. Targets (issue 2): overhead under 2 %; lookup under 100 ns at 1M entries. The
+//! last row is the machine's memory latency (a pointer chase over 24 MiB), the floor for a
+//! lookup that misses the caches.
 //!
 //! `cargo bench -p remap-core --bench engine -- --warm-up-time 1 --measurement-time 2`
 //! (`REMAP_BENCH_SUMMARY_ONLY=1` skips criterion and prints only the summary).
@@ -249,6 +251,39 @@ fn summary() {
             median(&mut rounds)
         );
     }
+    println!(
+        "{:<22} {:>10.1}  (reference: one miss to memory, a pointer chase over 24 MiB)",
+        "memory latency",
+        memory_latency()
+    );
+}
+
+/// What one miss to memory costs on this machine: a pointer chase through a random cycle
+/// over 24 MiB (about the size of the 1M-entry table), each load waiting for the one
+/// before. A lookup in a table that does not fit in the caches needs at least one such
+/// miss unless the CPU overlaps it with the next lookup's. Median of rounds, in ns.
+fn memory_latency() -> f64 {
+    const WORDS: usize = 3 << 20;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut order: Vec<usize> = (0..WORDS).collect();
+    for i in (1..WORDS).rev() {
+        order.swap(i, rng.next() as usize % (i + 1));
+    }
+    let mut next = vec![0usize; WORDS];
+    for w in 0..WORDS {
+        next[order[w]] = order[(w + 1) % WORDS];
+    }
+    let mut at = order[0];
+    let mut rounds = Vec::with_capacity(101);
+    for _ in 0..101 {
+        let t0 = Instant::now();
+        for _ in 0..PROBES / 8 {
+            at = next[at];
+        }
+        black_box(at);
+        rounds.push(t0.elapsed().as_nanos() as f64 / (PROBES / 8) as f64);
+    }
+    median(&mut rounds)
 }
 
 fn main() {
