@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -148,13 +148,18 @@ impl SplicePipe {
     }
 
     /// Move everything in the pipe into `file` at `offset`.
-    pub fn drain_to_file(&mut self, file: BorrowedFd<'_>, mut offset: u64) -> io::Result<()> {
+    pub fn drain_to_file(&mut self, file: BorrowedFd<'_>, offset: u64) -> io::Result<()> {
+        self.drain(file, Some(offset))
+    }
+
+    /// Splice everything in the pipe out to `to` (at `offset` for a file).
+    fn drain(&mut self, to: BorrowedFd<'_>, mut offset: Option<u64>) -> io::Result<()> {
         while self.held > 0 {
             match rustix::pipe::splice(
                 &self.read,
                 None,
-                file,
-                Some(&mut offset),
+                to,
+                offset.as_mut(),
                 self.held,
                 SpliceFlags::empty(),
             ) {
@@ -195,22 +200,7 @@ impl SplicePipe {
             Ok(f) => f,
             Err(e) => return Err(io::Error::new(e.kind(), "cannot open /dev/null")),
         };
-        while self.held > 0 {
-            match rustix::pipe::splice(
-                &self.read,
-                None,
-                null,
-                None,
-                self.held,
-                SpliceFlags::empty(),
-            ) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                Ok(n) => self.held -= n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        self.drain(null.as_fd(), None)
     }
 }
 
@@ -224,7 +214,6 @@ impl Drop for SplicePipe {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
 
     fn pipe() -> SplicePipe {
