@@ -10,7 +10,7 @@
 //!   connections are closed at once (an established client is never closed for a new one).
 //!
 //! Waiting and negotiating together must finish within `handshake_timeout` of the accept;
-//! the accept loop closes those that do not ([`Slots::expired`], [`WaitingPool::expired`]).
+//! the accept loop closes those that do not ([`Slots::expire`], [`WaitingPool::expired`]).
 
 use std::collections::HashMap;
 use std::net::Shutdown;
