@@ -108,7 +108,16 @@ fn serve(
 
 /// Write `writes` (offset, length, flags) pipelined: every request and payload sent before
 /// any reply is read, so payloads arrive partly with the next header. Returns the data.
+/// The writes of one call must not overlap: the server may run them in any order.
 fn pipelined_writes(c: &mut Raw, writes: &[(u64, u32, u16)], seed: u8) -> Vec<(u64, Vec<u8>)> {
+    for (i, a) in writes.iter().enumerate() {
+        for b in &writes[i + 1..] {
+            assert!(
+                a.0 + u64::from(a.1) <= b.0 || b.0 + u64::from(b.1) <= a.0,
+                "overlapping pipelined writes {a:?} and {b:?} have no defined order"
+            );
+        }
+    }
     let mut sent = Vec::new();
     for (i, &(offset, len, flags)) in writes.iter().enumerate() {
         let data: Vec<u8> = (0..len)
@@ -147,7 +156,7 @@ fn large_writes_are_spliced_and_store_the_same_bytes() {
             &mut c,
             &[
                 (0, 256 * KIB, 0),
-                (777, 64 * KIB, 0),
+                (300 * 1024 + 777, 64 * KIB, 0),
                 (1 << 20, 1024 * KIB, 0),
                 (SIZE - 100 * 1024, 100 * KIB, 0),
             ],
@@ -165,7 +174,7 @@ fn large_writes_are_spliced_and_store_the_same_bytes() {
             &[
                 (4096, 4 * KIB, 0),
                 (8192, 128 * KIB, FLAG_FUA),
-                (0, 2048 * KIB, 0),
+                (2 << 20, 2048 * KIB, 0),
             ],
             seed + 1,
         );
