@@ -12,6 +12,13 @@ pub trait Clock: Send + Sync {
     fn now_s(&self) -> u64 {
         self.now_ns() / 1_000_000_000
     }
+
+    /// Time for measuring durations (request latencies), in nanoseconds from any start:
+    /// it never goes back and does not jump when the wall clock is set. The default is
+    /// [`now_ns`](Self::now_ns), right for a clock that is not the wall clock.
+    fn elapsed_ns(&self) -> u64 {
+        self.now_ns()
+    }
 }
 
 /// Wall-clock time since the Unix epoch.
@@ -26,6 +33,13 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(0)
+    }
+
+    /// The monotonic clock, from the first time this process asked.
+    fn elapsed_ns(&self) -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(std::time::Instant::now);
+        u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -61,5 +75,9 @@ impl Clock for ManualClock {
 impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn now_ns(&self) -> u64 {
         (**self).now_ns()
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        (**self).elapsed_ns()
     }
 }

@@ -517,7 +517,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             IoOp::WriteZeroes => Stats::bump(&s.write_zeroes),
             IoOp::Flush => Stats::bump(&s.flushes),
         }
-        let t0 = local.timed.then(|| self.clock.now_ns());
+        let t0 = local.timed.then(|| self.clock.elapsed_ns());
         (local, t0)
     }
 
@@ -550,7 +550,7 @@ impl<M: BlockBackend, S: BlockBackend> RemapDevice<M, S> {
             Stats::bump(&s.failed_ios);
         }
         if let Some(t0) = t0 {
-            s.latency.record(self.clock.now_ns().saturating_sub(t0));
+            s.latency.record(self.clock.elapsed_ns().saturating_sub(t0));
         }
     }
 
