@@ -164,25 +164,25 @@ done
 # A reference for the nbdcopy rows: the same nbdcopy against servers that do next
 # to nothing (`nbdkit pattern` makes data for reads, `nbdkit null` drops writes): how fast
 # the client goes on this machine when the server costs little (not a hard ceiling).
-: >"$WORK/ceiling"
+: >"$WORK/reference"
 for rep in $(seq "$REPS"); do
-  nbdkit -f -i 127.0.0.1 -p "$PORT" pattern "${SIZE_MIB}M" >"$WORK/ceiling.log" 2>&1 &
+  nbdkit -f -i 127.0.0.1 -p "$PORT" pattern "${SIZE_MIB}M" >"$WORK/reference.log" 2>&1 &
   SERVER_PID=$!
   wait_ready
-  echo "read $(rate nbdcopy "$URI" null:)" >>"$WORK/ceiling"
+  echo "read $(rate nbdcopy "$URI" null:)" >>"$WORK/reference"
   stop_server
-  nbdkit -f -i 127.0.0.1 -p "$PORT" null "${SIZE_MIB}M" >"$WORK/ceiling.log" 2>&1 &
+  nbdkit -f -i 127.0.0.1 -p "$PORT" null "${SIZE_MIB}M" >"$WORK/reference.log" 2>&1 &
   SERVER_PID=$!
   wait_ready
-  echo "write $(rate nbdcopy "$SRC" "$URI")" >>"$WORK/ceiling"
+  echo "write $(rate nbdcopy "$SRC" "$URI")" >>"$WORK/reference"
   stop_server
 done
-ceiling() { awk -v r="$1" '$1 == r { print $2 }' "$WORK/ceiling" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+reference() { awk -v r="$1" '$1 == r { print $2 }' "$WORK/reference" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 echo
 echo "reference: the same nbdcopy against nbdkit pattern (reads) and null (writes), servers with next to nothing behind them; medians"
 printf '%-28s %12s %12s\n' "" "MiB/s" "/nbdkit"
 for r in read write; do
-  c=$(ceiling $r)
+  c=$(reference $r)
   k=$(median nbdkit "$([ $r = read ] && echo 0 || echo 1)")
   printf '%-28s %12.0f %12.2f\n' "seq $r (nbdcopy)" "$c" "$(awk -v c="$c" -v k="$k" 'BEGIN { print c / k }')"
 done

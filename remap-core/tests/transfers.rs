@@ -9,14 +9,13 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+mod common;
+use common::fresh_device;
+
 use remap_core::backend::{FileBackend, MemBackend, OpenOptions};
 use remap_core::clock::ManualClock;
-use remap_core::device::{DeviceConfig, InitialState, Layout};
-use remap_core::stats::StatsSnapshot;
-use remap_core::testing::{FaultyBackend, MemStore, table_capacity_for};
-use remap_core::{
-    BlockBackend, BlockSize, IoError, RemapDevice, RemapTable, SpareAllocator, Through, Transfer,
-};
+use remap_core::testing::FaultyBackend;
+use remap_core::{BlockBackend, IoError, RemapDevice, Through, Transfer};
 
 const BS: u64 = 4096;
 const BLOCKS: u64 = 64;
@@ -61,25 +60,13 @@ fn rig() -> (Dev, Arc<SplicingMain>, Vec<u8>, tempfile::TempDir) {
         MemBackend::new((16 * BS) as usize),
         SECTOR,
     ));
-    let (store, _handle) = MemStore::new();
-    let dev = RemapDevice::new(
+    let dev = fresh_device(
         main.clone(),
         spare,
-        Layout {
-            block_size: BlockSize::new(BS).unwrap(),
-            spare_offset: 0,
-            spare_blocks: 16,
-        },
-        InitialState {
-            table: RemapTable::new(table_capacity_for(16)),
-            spares: SpareAllocator::new(16).unwrap(),
-            lifetime: StatsSnapshot::default(),
-        },
-        Box::new(store),
+        BS,
+        16,
         Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
-        DeviceConfig::default(),
-    )
-    .unwrap();
+    );
     (dev, main, data, dir)
 }
 

@@ -110,8 +110,8 @@ impl Replies {
         self.send_queued(socket, batch)
     }
 
-    /// Take the socket for one reply written by the caller (large and spliced replies).
-    pub fn exclusive(&self) -> io::Result<MutexGuard<'_, ()>> {
+    /// Take the socket for one reply written alone (a large one).
+    fn exclusive(&self) -> io::Result<MutexGuard<'_, ()>> {
         if lock(&self.queue).broken {
             return Err(broken());
         }
@@ -119,7 +119,7 @@ impl Replies {
     }
 
     /// Record that a write on the socket failed.
-    pub fn mark_broken(&self) {
+    fn mark_broken(&self) {
         lock(&self.queue).broken = true;
     }
 

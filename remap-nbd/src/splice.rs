@@ -83,22 +83,14 @@ impl SplicePipe {
         self.held != 0
     }
 
-    /// Move the next `len` bytes of a stream (a socket) into the pipe.
+    /// Move the next `len` bytes of a stream (a socket) into the pipe. An error if fewer
+    /// arrived.
     pub fn fill_stream(&mut self, stream: BorrowedFd<'_>, len: usize) -> io::Result<()> {
-        self.fill_from(stream, None, len)
-    }
-
-    fn fill_from(
-        &mut self,
-        from: BorrowedFd<'_>,
-        mut offset: Option<u64>,
-        len: usize,
-    ) -> io::Result<()> {
         let want = self.held + len;
         while self.held < want {
             match rustix::pipe::splice(
-                from,
-                offset.as_mut(),
+                stream,
+                None,
                 &self.write,
                 None,
                 want - self.held,

@@ -9,13 +9,43 @@ use remap_core::clock::ManualClock;
 use remap_core::device::{DeviceConfig, InitialState, Layout};
 use remap_core::stats::StatsSnapshot;
 use remap_core::testing::{FaultyBackend, MemStore, MemStoreHandle, device_from_mem_store};
-use remap_core::{BlockBackend, BlockSize, RemapDevice, RemapTable, SpareAllocator};
+use remap_core::{BlockBackend, BlockSize, Clock, RemapDevice, RemapTable, SpareAllocator};
 
 pub type Faulty = FaultyBackend<MemBackend>;
 pub type Dev = RemapDevice<Arc<Faulty>, Arc<Faulty>>;
 
 /// Fault injection works in 512-byte units everywhere, so a test can fail one sector.
 pub const SECTOR: u64 = 512;
+
+/// A device over `main` and `spare` with an empty table, a pool of `spare_blocks` blocks at
+/// offset 0 of the spare, an in-memory store, `clock` and the default configuration.
+pub fn fresh_device<M: BlockBackend, S: BlockBackend>(
+    main: M,
+    spare: S,
+    block_size: u64,
+    spare_blocks: u64,
+    clock: Arc<dyn Clock>,
+) -> RemapDevice<M, S> {
+    let (store, _handle) = MemStore::new();
+    RemapDevice::new(
+        main,
+        spare,
+        Layout {
+            block_size: BlockSize::new(block_size).unwrap(),
+            spare_offset: 0,
+            spare_blocks,
+        },
+        InitialState {
+            table: RemapTable::new(remap_core::testing::table_capacity_for(spare_blocks)),
+            spares: SpareAllocator::new(spare_blocks).unwrap(),
+            lifetime: StatsSnapshot::default(),
+        },
+        Box::new(store),
+        clock,
+        DeviceConfig::default(),
+    )
+    .unwrap()
+}
 
 /// A device over a faulty main and a faulty spare, both in memory, with an in-memory store.
 pub struct Rig {
